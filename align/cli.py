@@ -1,0 +1,99 @@
+"""The ``align`` command: run | validate | generate. A user mistake prints one paragraph and exits 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from align.errors import AlignError
+
+
+def split_names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def cmd_run(args) -> int:
+    from align.recipe import load_recipe
+    from align.runner import run_recipe
+
+    recipe = load_recipe(args.recipe, args.set, output_dir=args.output_dir)
+    results = run_recipe(recipe, only=split_names(args.only), from_stage=args.from_stage, force=args.force)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"align: done. Artifacts under {recipe.output_dir}/: " + ", ".join(results))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from align.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set, output_dir=args.output_dir)
+    print(f"{args.recipe}: valid recipe {recipe.name!r} with {len(recipe.stages)} stages -> {recipe.output_dir}")
+    for name, stage in recipe.stages.items():
+        deps = f" (after {', '.join(stage.deps)})" if stage.deps else ""
+        print(f"  {name}: {stage.kind}{deps}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from align.eval.generation import generate_chat
+
+    for prompt, response in zip(args.prompt, generate_chat(
+            args.stage_dir, args.prompt, max_new_tokens=args.max_new_tokens, greedy=args.greedy,
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, chat=not args.raw)):
+        print(f"### prompt\n{prompt}\n### response\n{response}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="Pretrain, SFT, RLHF and DPO on the Hugging Face stack.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "run a recipe's stages (skips finished ones)"),
+                            ("validate", "check a recipe without training")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("recipe", help="path to a recipe YAML file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe field, e.g. --set stages.sft.args.learning_rate=1e-3 (repeatable)")
+        p.add_argument("--output-dir", help="override the recipe's output_dir")
+        if name == "run":
+            p.add_argument("--only", help="comma-separated stages to run (their inputs must be finished)")
+            p.add_argument("--from", dest="from_stage", help="re-run this stage and run every later one")
+            p.add_argument("--force", action="store_true", help="re-run selected stages even if finished")
+    p = sub.add_parser("generate", help="sample responses from a stage's model")
+    p.add_argument("stage_dir", help="a stage folder (pretrain, sft, dpo, ppo, ...) or a model folder")
+    p.add_argument("--prompt", action="append", required=True, help="a user message (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--raw", action="store_true", help="continue the prompt as plain text (no chat template)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except AlignError as e:
+        print(f"align: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("align: interrupted; finished stages are kept and an unfinished one resumes on the next run.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""YAML recipe -> validated Recipe: named datasets, judges and stages, references, overrides.
+
+A stage names another stage's output as ``${stages.<name>}``; that string resolves to a
+``StageRef`` (a ``str`` holding the output folder) and makes the other stage a dependency.
+Every check here runs before any training, so ``align validate`` catches mistakes in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from align.errors import AlignError
+
+TOP_LEVEL_KEYS = {"name", "description", "seed", "output_dir", "datasets", "judges", "stages"}
+STAGE_COMMON_KEYS = {"kind", "args"}
+JUDGE_KINDS = {"function", "reward_model", "llm"}
+REF_PATTERN = re.compile(r"^\$\{stages\.([A-Za-z0-9_\-]+)\}$")
+
+
+class StageRef(str):
+    """The output folder of another stage; ``.stage`` is that stage's name."""
+
+    stage: str
+
+    def __new__(cls, path: str, stage: str):
+        obj = super().__new__(cls, path)
+        obj.stage = stage
+        return obj
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    spec: dict  # resolved: references replaced by StageRef
+    out_dir: Path
+    deps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    name: str
+    seed: int
+    output_dir: Path
+    datasets: dict[str, dict]
+    judges: dict[str, dict]
+    stages: dict[str, Stage]
+    source: Path | None = None
+    raw: dict = field(default_factory=dict)
+
+    def stage_names(self) -> list[str]:
+        return list(self.stages)
+
+
+def suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """``--set a.b.c=value``: value parsed as YAML; the named stage/dataset/judge must exist."""
+    if "=" not in assignment:
+        raise AlignError(f"--set {assignment!r}: expected dotted.key=value, e.g. --set stages.sft.args.learning_rate=1e-3")
+    key, value_text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError as e:
+        raise AlignError(f"--set {key}: cannot parse {value_text!r} as a YAML value: {e}") from None
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict):
+            raise AlignError(f"--set {key}: {'.'.join(parts[:depth])} is not a mapping.")
+        if part not in node:
+            if depth <= 1:  # a typo in a top-level section or a stage/dataset/judge name
+                where = ".".join(parts[:depth]) or "the recipe"
+                raise AlignError(f"--set {key}: {where} has no {part!r}.{suggest(part, node)}")
+            node[part] = {}
+        node = node[part]
+    if not isinstance(node, dict):
+        raise AlignError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping.")
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise AlignError(f"recipe {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise AlignError(f"recipe {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise AlignError(f"recipe {path}: expected a mapping with name, output_dir and stages at the top level.")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), *, output_dir: str | None = None) -> Recipe:
+    """Read, override and validate a recipe; nothing is trained or written."""
+    raw = read_yaml(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    if output_dir is not None:
+        raw["output_dir"] = output_dir
+    recipe = build_recipe(raw)
+    recipe.source = Path(path)
+    return recipe
+
+
+def build_recipe(raw: dict) -> Recipe:
+    from align.stages import stage_module
+
+    raw = copy.deepcopy(raw)
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise AlignError(f"recipe: unknown top-level key {key!r}.{suggest(key, TOP_LEVEL_KEYS)} "
+                             f"Valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}.")
+    for key in ("name", "stages"):
+        if key not in raw:
+            raise AlignError(f"recipe: missing required key {key!r}.")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise AlignError(f"seed: expected an integer, got {seed!r}.")
+    output_dir = Path(raw.get("output_dir") or Path("runs") / str(raw["name"]))
+    datasets = section(raw, "datasets")
+    judges = section(raw, "judges")
+    stages_raw = section(raw, "stages")
+    if not stages_raw:
+        raise AlignError("stages: the recipe has no stages.")
+    for name, spec in datasets.items():
+        if not isinstance(spec, dict):
+            raise AlignError(f"datasets.{name}: expected a mapping like {{builtin: reviews, split: sft}} or {{path: data.jsonl}}, got {spec!r}.")
+        check_dataset_spec(spec, f"datasets.{name}")
+    for name, spec in judges.items():
+        check_judge_spec(spec, f"judges.{name}")
+
+    stages: dict[str, Stage] = {}
+    for name, spec in stages_raw.items():
+        where = f"stages.{name}"
+        if not isinstance(spec, dict) or "kind" not in spec:
+            raise AlignError(f"{where}: expected a mapping with a 'kind' (one of the stage kinds), got {spec!r}.")
+        module = stage_module(spec["kind"], where=f"{where}.kind")
+        allowed = STAGE_COMMON_KEYS | set(module.KEYS)
+        for key in spec:
+            if key not in allowed:
+                raise AlignError(f"{where}.{key}: a {spec['kind']} stage has no key {key!r}.{suggest(key, allowed)} "
+                                 f"Valid keys: {', '.join(sorted(allowed))}.")
+        for key in getattr(module, "REQUIRED", ()):
+            if key not in spec:
+                raise AlignError(f"{where}: a {spec['kind']} stage needs {key!r} ({module.KEYS[key]}).")
+        deps: list[str] = []
+        resolved = resolve_refs(spec, where, stages, output_dir, deps)
+        for key in getattr(module, "DATASET_KEYS", ()):
+            if key in resolved:
+                deps += dataset_deps(resolved[key], f"{where}.{key}", datasets, stages, output_dir)
+        for key in getattr(module, "JUDGE_KEYS", ()):
+            if key in resolved:
+                deps += judge_deps(resolved[key], f"{where}.{key}", judges, stages, output_dir)
+        check_args(module, resolved.get("args"), where)
+        stages[name] = Stage(name, spec["kind"], resolved, output_dir / name, sorted(set(deps)))
+    datasets = {n: resolve_refs(s, f"datasets.{n}", stages, output_dir, []) for n, s in datasets.items()}
+    judges = {n: resolve_refs(s, f"judges.{n}", stages, output_dir, []) for n, s in judges.items()}
+    return Recipe(str(raw["name"]), seed, output_dir, datasets, judges, stages, raw=raw)
+
+
+def section(raw: dict, key: str) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise AlignError(f"{key}: expected a mapping of names to specs, got {type(value).__name__}.")
+    return value
+
+
+def resolve_refs(value: Any, where: str, stages: dict[str, Stage], output_dir: Path, deps: list[str]) -> Any:
+    """Replace ``${stages.X}`` with X's output folder; X must be defined earlier in the file."""
+    if isinstance(value, dict):
+        return {k: resolve_refs(v, f"{where}.{k}", stages, output_dir, deps) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs(v, f"{where}[{i}]", stages, output_dir, deps) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+        match = REF_PATTERN.match(value.strip())
+        if not match:
+            raise AlignError(f"{where}: cannot read reference {value!r}; write ${{stages.<name>}} as the whole value.")
+        target = match.group(1)
+        if target not in stages:
+            raise AlignError(f"{where}: {value} refers to a stage that is not defined before this one."
+                             f"{suggest(target, stages)} Stages run in file order, so a stage can only use earlier ones.")
+        deps.append(target)
+        return StageRef(str(output_dir / target), target)
+    return value
+
+
+def dataset_deps(value, where, datasets, stages, output_dir) -> list[str]:
+    """A dataset value is a recipe dataset name, a ${stages.X} reference or an inline spec."""
+    deps: list[str] = []
+    if isinstance(value, StageRef):
+        deps.append(value.stage)
+    elif isinstance(value, str):
+        if value not in datasets:
+            raise AlignError(f"{where}: no dataset named {value!r} in the recipe's datasets.{suggest(value, datasets)}"
+                             f" Defined: {', '.join(datasets) or 'none'}.")
+        resolve_refs(datasets[value], f"datasets.{value}", stages, output_dir, deps)
+    elif isinstance(value, dict):
+        check_dataset_spec(value, where)
+    else:
+        raise AlignError(f"{where}: expected a dataset name, a ${{stages.X}} reference or a dataset spec, got {value!r}.")
+    return deps
+
+
+def judge_deps(value, where, judges, stages, output_dir) -> list[str]:
+    deps: list[str] = []
+    for name in value if isinstance(value, list) else [value]:
+        if name not in judges:
+            raise AlignError(f"{where}: no judge named {name!r} in the recipe's judges.{suggest(name, judges)}"
+                             f" Defined: {', '.join(judges) or 'none'}.")
+        resolve_refs(judges[name], f"judges.{name}", stages, output_dir, deps)
+    return deps
+
+
+def check_dataset_spec(spec: dict, where: str) -> None:
+    from align.data import DATASET_SPEC_KEYS
+
+    for key in spec:
+        if key not in DATASET_SPEC_KEYS:
+            raise AlignError(f"{where}.{key}: unknown dataset key.{suggest(key, DATASET_SPEC_KEYS)} "
+                             f"Valid keys: {', '.join(sorted(DATASET_SPEC_KEYS))}.")
+    sources = [k for k in ("builtin", "path", "hub", "stage_dir") if k in spec]
+    if len(sources) != 1:
+        raise AlignError(f"{where}: give exactly one of builtin, path, hub or stage_dir (found {sources or 'none'}).")
+
+
+def check_judge_spec(spec, where: str) -> None:
+    if not isinstance(spec, dict) or len(set(spec) & JUDGE_KINDS) != 1:
+        raise AlignError(f"{where}: expected exactly one of {', '.join(sorted(JUDGE_KINDS))}, e.g. "
+                         f"{{function: align.data.builtin:gold_judge}} or {{reward_model: ${{stages.reward}}}}; got {spec!r}.")
+
+
+def check_args(module, args, where: str) -> None:
+    """Every ``args:`` key must be a field of the stage's library config class."""
+    if args is None:
+        return
+    if not isinstance(args, dict):
+        raise AlignError(f"{where}.args: expected a mapping of {module.__name__.rsplit('.', 1)[-1]} config fields, got {args!r}.")
+    config_class = module.config_class() if hasattr(module, "config_class") else None
+    if config_class is None:
+        raise AlignError(f"{where}.args: a {module.__name__.rsplit('.', 1)[-1]} stage takes no args.")
+    valid = {f.name for f in dataclasses.fields(config_class)}
+    for key in args:
+        if key not in valid:
+            raise AlignError(f"{where}.args.{key}: not a field of {config_class.__name__}.{suggest(key, valid)}")

@@ -1,0 +1,111 @@
+"""pretrain stage: a Llama-style causal LM from random init on packed blocks of text.
+
+Documents are tokenised, joined with EOS and cut into fixed blocks (no padding, every token
+trains); the last ``eval_fraction`` of the blocks is held out, by position, as nanoGPT does.
+Reports held-out loss, perplexity and bits per byte, which compares models across tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+
+from align.models import build_model, count_parameters, load_causal_lm, load_tokenizer
+
+REQUIRED = ("tokenizer", "dataset")
+DATASET_KEYS = ("dataset", "eval_dataset")
+KEYS = {
+    "tokenizer": "${stages.tokenizer}, a tokenizer folder or a hub id",
+    "model": "{preset: llama-tiny} plus any LlamaConfig field, or an existing model to continue pretraining",
+    "dataset": "text to train on (language-modelling format: a text column)",
+    "eval_dataset": "held-out text (default: the last eval_fraction of the dataset's blocks)",
+    "block_size": "tokens per training sequence (default 256)",
+    "eval_fraction": "share of blocks held out when no eval_dataset is given (default 0.05)",
+}
+CHINCHILLA_TOKENS_PER_PARAMETER = 20
+
+
+def config_class():
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
+
+def pack(ds, tokenizer, block_size: int):
+    """Tokenise every document, append EOS, concatenate and cut into ``block_size`` blocks."""
+    eos = tokenizer.eos_token_id
+
+    def tokenize_and_chunk(batch):
+        stream = []
+        for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
+            stream.extend(ids + [eos])
+        n = len(stream) // block_size * block_size
+        return {"input_ids": [stream[i:i + block_size] for i in range(0, n, block_size)]}
+
+    return ds.map(tokenize_and_chunk, batched=True, batch_size=2000, remove_columns=ds.column_names,
+                  desc="packing")
+
+
+def bytes_in_blocks(blocks, tokenizer) -> int:
+    """UTF-8 bytes of the tokens the model predicts (all but the first of each block)."""
+    special = set(tokenizer.all_special_ids)
+    return sum(len(tokenizer.decode([t for t in ids[1:] if t not in special]).encode("utf-8"))
+               for ids in blocks["input_ids"])
+
+
+def run(ctx) -> dict:
+    from transformers import DataCollatorForLanguageModeling, Trainer
+
+    tokenizer = load_tokenizer(ctx.spec["tokenizer"], field=ctx.where("tokenizer"))
+    block_size = int(ctx.spec.get("block_size", 256))
+    train_blocks = pack(ctx.dataset("dataset", expected="language_modeling", tokenizer=tokenizer), tokenizer, block_size)
+    if "eval_dataset" in ctx.spec:
+        eval_blocks = pack(ctx.dataset("eval_dataset", expected="language_modeling", tokenizer=tokenizer), tokenizer, block_size)
+    else:
+        n_eval = max(1, int(len(train_blocks) * float(ctx.spec.get("eval_fraction", 0.05))))
+        eval_blocks = train_blocks.select(range(len(train_blocks) - n_eval, len(train_blocks)))
+        train_blocks = train_blocks.select(range(len(train_blocks) - n_eval))
+    model_spec = ctx.spec.get("model") or {"preset": "llama-tiny"}
+    if isinstance(model_spec, str):
+        model = load_causal_lm(model_spec, field=ctx.where("model"))
+    else:
+        model = build_model(model_spec, tokenizer, seed=ctx.seed, field=ctx.where("model"))
+    n_params = count_parameters(model)
+
+    args = ctx.config(
+        config_class(),
+        learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.1, adam_beta2=0.95,
+        max_grad_norm=1.0, per_device_train_batch_size=16, per_device_eval_batch_size=32, num_train_epochs=1,
+        eval_strategy="steps", eval_steps=100,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_blocks, eval_dataset=eval_blocks,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), processing_class=tokenizer)
+    world = args.world_size
+    if ctx.is_main_process:
+        print(f"pretrain: {n_params:,} parameters, {len(train_blocks):,} blocks of {block_size} tokens, "
+              f"{len(eval_blocks):,} held out, world size {world}")
+    train_result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    eval_metrics = trainer.evaluate()
+    tokens_seen = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * world * block_size
+    predicted_tokens = len(eval_blocks) * (block_size - 1)
+    eval_loss = eval_metrics["eval_loss"]
+    metrics = {
+        "parameters": n_params,
+        "train_loss": train_result.training_loss,
+        "eval_loss": eval_loss,
+        "perplexity": math.exp(eval_loss),
+        "bits_per_byte": eval_loss * predicted_tokens / (math.log(2) * bytes_in_blocks(eval_blocks, tokenizer)),
+        "tokens_seen": tokens_seen,
+        "tokens_per_parameter": tokens_seen / n_params,
+        "chinchilla_tokens_per_parameter": CHINCHILLA_TOKENS_PER_PARAMETER,
+        "world_size": world,
+        "train_runtime_s": train_result.metrics.get("train_runtime"),
+        "tokens_per_second": tokens_seen / max(train_result.metrics.get("train_runtime", 1e-9), 1e-9),
+    }
+    if ctx.is_main_process:
+        trainer.save_model(str(ctx.out_dir))
+        tokenizer.save_pretrained(ctx.out_dir)
+        trainer.save_state()
+        print(f"pretrain: held-out loss {eval_loss:.3f}, perplexity {metrics['perplexity']:.1f}, "
+              f"{metrics['bits_per_byte']:.3f} bits/byte; {tokens_seen:,} tokens = "
+              f"{metrics['tokens_per_parameter']:.1f} per parameter (Chinchilla ~{CHINCHILLA_TOKENS_PER_PARAMETER})")
+    return metrics

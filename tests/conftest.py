@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer and micro Llama models, built locally in seconds."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+WORDS = ("the a good bad great poor quick slow red blue cat dog phone lamp works breaks loves hates "
+         "battery screen price design delivery is was very not quite really and but").split()
+
+
+def toy_texts(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) + "." for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from align.stages.tokenizer import train_bpe
+
+    return train_bpe(toy_texts(), vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved micro Llama (random init) with its tokenizer: loads with AutoModelForCausalLM."""
+    from align.models import build_model
+
+    path = tmp_path_factory.mktemp("micro_llama")
+    build_model({"preset": "llama-micro"}, tiny_tokenizer, seed=0).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
