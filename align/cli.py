@@ -1,4 +1,4 @@
-"""The ``align`` command: run | validate | generate. A user mistake prints one paragraph and exits 2."""
+"""The ``align`` command: run | validate | generate | compare. A user mistake prints one paragraph and exits 2."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from align.report.compare import compare_runs
+
+    path = compare_runs(args.run_dirs, args.out)
+    print(f"align: comparison of {len(args.run_dirs)} runs written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description="Pretrain, SFT, RLHF and DPO on the Hugging Face stack.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--raw", action="store_true", help="continue the prompt as plain text (no chat template)")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("compare", help="merge several runs' evaluations into one reward-vs-KL frontier")
+    p.add_argument("run_dirs", nargs="+", help="run folders (each holding a finished evaluate stage)")
+    p.add_argument("--out", default="runs/compare", help="folder for compare.md / .png / .html")
     return parser
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "generate": cmd_generate}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "generate": cmd_generate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,3 +121,25 @@ def training_dtype() -> torch.dtype:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labels: int = 1):
+    """A scalar-head classifier (reward/value model) initialised from a causal LM or a classifier.
+
+    A LoRA adapter is merged into its base first; the new score head starts random, the backbone
+    keeps the language model's weights (InstructGPT initialises its reward model from the SFT model).
+    """
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model_path(path, field=field)
+    tokenizer = load_tokenizer(path, field=field)
+    if not is_adapter(path) and "ForSequenceClassification" in str(AutoConfig.from_pretrained(path).architectures):
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            load_causal_lm(path, field=field).save_pretrained(tmp)
+            model = AutoModelForSequenceClassification.from_pretrained(tmp, num_labels=num_labels)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

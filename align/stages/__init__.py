@@ -12,6 +12,14 @@ STAGE_KINDS = {
     "tokenizer": "align.stages.tokenizer",
     "pretrain": "align.stages.pretrain",
     "sft": "align.stages.sft",
+    "preferences": "align.stages.preferences",
+    "reward": "align.stages.reward",
+    "dpo": "align.stages.dpo",
+    "grpo": "align.stages.grpo",
+    "rloo": "align.stages.rloo",
+    "evaluate": "align.stages.evaluate",
+    "report": "align.stages.report",
+    "ppo": "align.stages.ppo",
 }
 
 

@@ -17,7 +17,7 @@ KEYS = {
     "eval_dataset": "held-out data in the same format (optional)",
     "lora": "peft LoraConfig fields (default r=16, lora_alpha=32, all-linear); false for full fine-tuning",
     "quantization": "4bit or 8bit: load the base with bitsandbytes (QLoRA); needs lora",
-    "merge": "also save the adapter merged into the base under merged/ (default false)",
+    "merge": "also save the adapter merged into the base under merged/, which later stages load (default true)",
 }
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
@@ -99,7 +99,7 @@ def run(ctx) -> dict:
         trainer.save_model(str(ctx.out_dir))
         tokenizer.save_pretrained(ctx.out_dir)
         trainer.save_state()
-        if ctx.spec.get("merge") and hasattr(trainer.model, "merge_and_unload"):
+        if ctx.spec.get("merge", True) and hasattr(trainer.model, "merge_and_unload"):
             trainer.model.merge_and_unload().save_pretrained(ctx.out_dir / "merged")
             tokenizer.save_pretrained(ctx.out_dir / "merged")
     return metrics

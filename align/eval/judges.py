@@ -1,0 +1,307 @@
+"""Judges: one interface for labelling preference pairs, rewarding online RL and evaluating policies.
+
+A judge scores responses to prompts (``score``, higher is better) and compares two responses to
+the same prompt (``compare``: 1.0 when the first is better, 0.0 when the second is, 0.5 for a
+tie). Prompts are a user message (a string) or a conversation (a list of messages), as in the
+prompt-only datasets the stages read. Three kinds, chosen in a recipe's ``judges:`` section:
+
+- ``{function: "module:function"}``: any Python function ``(prompts, responses) -> list[float]``,
+  e.g. a task's gold oracle;
+- ``{reward_model: path}``: a trained scalar reward model (a proxy for the gold judge);
+- ``{llm: path, template: ...}``: a local causal LM asked which of two responses is better.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+import re
+import string
+from pathlib import Path
+
+import torch
+
+from align.errors import AlignError
+from align.eval.generation import as_messages, eval_mode, pad_batch
+
+
+def outcome(difference: float, tie_tolerance: float) -> float:
+    """1.0, 0.5 or 0.0 for a score difference a - b; within the tolerance it is a tie."""
+    if abs(difference) <= tie_tolerance:
+        return 0.5
+    return 1.0 if difference > 0 else 0.0
+
+
+class Judge:
+    """Base class: subclasses define ``score``; ``compare`` then ranks by score, ties within ``tie_tolerance``."""
+
+    name = "judge"
+    tie_tolerance = 0.0
+
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        raise NotImplementedError
+
+    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str]) -> list[float]:
+        if not len(prompts) == len(responses_a) == len(responses_b):
+            raise ValueError(f"judge '{self.name}': {len(prompts)} prompts but {len(responses_a)} and "
+                             f"{len(responses_b)} responses")
+        scores_a, scores_b = self.score(prompts, responses_a), self.score(prompts, responses_b)
+        return [outcome(a - b, self.tie_tolerance) for a, b in zip(scores_a, scores_b)]
+
+
+def import_function(target: str, name: str):
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise AlignError(f"judges.{name}.function: expected 'module:function', e.g. "
+                         f"'align.data.builtin:gold_judge'; got {target!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or an error raised while the module runs
+        raise AlignError(f"judge '{name}': cannot import module {module_name!r} ({type(e).__name__}: {e}). "
+                         f"Check the name and that it is installed or on PYTHONPATH.") from e
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise AlignError(f"judge '{name}': module {module_name!r} has no function {attribute!r}"
+                         f"{' (it is not callable)' if function is not None else ''}.")
+    return function
+
+
+class FunctionJudge(Judge):
+    """A Python function ``(prompts, responses) -> list[float]`` named as ``module:function``.
+
+    Called once per batch. If it raises, it is called again one sample at a time to name the
+    sample that breaks it; bad return values (wrong length, not numbers, NaN) are reported too,
+    because a silently misaligned score would corrupt every preference pair after it.
+    """
+
+    def __init__(self, target: str, *, name: str | None = None, tie_tolerance: float = 0.0):
+        self.name = name or target
+        self.target = target
+        self.tie_tolerance = float(tie_tolerance)
+        self.function = import_function(target, self.name)
+
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"judge '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
+        if not responses:
+            return []
+        try:
+            values = self.function(list(prompts), list(responses))
+        except Exception as e:
+            raise AlignError(self.failure(prompts, responses, e)) from e
+        return self.checked(values, len(responses))
+
+    def failure(self, prompts: list, responses: list[str], error: Exception) -> str:
+        for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            try:
+                self.function([prompt], [response])
+            except Exception as e:
+                return f"judge '{self.name}' failed on sample {i}: {type(e).__name__}: {e}"
+        return f"judge '{self.name}' failed on a batch of {len(responses)} samples: {type(error).__name__}: {error}"
+
+    def checked(self, values, n: int) -> list[float]:
+        try:
+            values = list(values)
+        except TypeError:
+            raise AlignError(f"judge '{self.name}' ({self.target}) returned {type(values).__name__}; it must return "
+                             f"a list with one number per response.") from None
+        if len(values) != n:
+            raise AlignError(f"judge '{self.name}' ({self.target}) returned {len(values)} scores for {n} responses; "
+                             f"it must return one number per response, in order.")
+        for i, value in enumerate(values):
+            if not isinstance(value, numbers.Real) or math.isnan(value):
+                raise AlignError(f"judge '{self.name}' returned {value!r} for sample {i}; scores must be numbers "
+                                 f"(not NaN).")
+        return [float(v) for v in values]
+
+
+def load_reward_model(path, name: str):
+    """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from align.models import is_adapter, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(path, field=f"judges.{name}.reward_model")
+    if is_adapter(path):
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(path).merge_and_unload()
+    else:
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise AlignError(f"judges.{name}.reward_model: {path} is not a reward model (architectures: "
+                             f"{', '.join(architectures) or 'unknown'}); loading it as one would give a random score "
+                             f"head. Point it at a reward stage's output, or use {{llm: {path}}} to ask a language "
+                             f"model which response is better.")
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+    return model, load_tokenizer(path)
+
+
+class RewardModelJudge(Judge):
+    """A trained reward model's scalar output on the full conversation, as TRL's RewardTrainer saw it.
+
+    ``encode`` reproduces RewardTrainer's tokenisation (TRL 1.16): the prompt (a string becomes a
+    user message, as the preferences stage writes it) plus ``{"role": "assistant", "content":
+    response}`` rendered by the chat template, tokenised with no generation prompt and nothing
+    appended (the template closes the turn itself). Without a chat template it is TRL's standard
+    format: ``prompt + response + eos``. Sequences are right-padded and the model reads its score at
+    the last non-pad token, located from ``config.pad_token_id``, which is therefore always set.
+    """
+
+    def __init__(self, path_or_model, tokenizer=None, *, batch_size: int = 32, name: str = "reward_model",
+                 tie_tolerance: float = 0.0):
+        from align.models import load_tokenizer
+
+        self.name, self.batch_size, self.tie_tolerance = name, int(batch_size), float(tie_tolerance)
+        if isinstance(path_or_model, (str, Path)):
+            self.model, loaded = load_reward_model(path_or_model, name)
+            self.tokenizer = tokenizer or loaded
+        else:
+            self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
+        if self.model.config.num_labels != 1:
+            raise AlignError(f"judge '{name}': a reward model has one output (num_labels=1); this one has "
+                             f"{self.model.config.num_labels}.")
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.model.config.pad_token_id = self.pad_id
+
+    def encode(self, prompt, response: str) -> list[int]:
+        tokenizer = self.tokenizer
+        if isinstance(prompt, str) and tokenizer.chat_template is None:
+            eos = tokenizer.eos_token
+            return tokenizer(prompt + (response if response.endswith(eos) else response + eos))["input_ids"]
+        conversation = as_messages(prompt) + [{"role": "assistant", "content": response}]
+        return tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
+
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        scores = []
+        with eval_mode(self.model):
+            for i in range(0, len(encoded), self.batch_size):
+                ids, mask = pad_batch(encoded[i:i + self.batch_size], self.pad_id, "right")
+                logits = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)).logits
+                scores += logits[:, 0].float().tolist()
+        return scores
+
+
+DEFAULT_TEMPLATE = ("Two assistants answered the same user message.\n\n"
+                    "User message: {prompt}\n\n"
+                    "Response A: {response_a}\n\n"
+                    "Response B: {response_b}\n\n"
+                    "Which response is better? Answer A or B.")
+TEMPLATE_FIELDS = {"prompt", "response_a", "response_b"}
+
+
+def prompt_text(prompt) -> str:
+    """A prompt as text for the judge's template: the message, or a multi-turn conversation as 'role: content' lines."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+class LLMJudge(Judge):
+    """A local causal LM asked "which is better, A or B?", read from its next-token log-probabilities.
+
+    P(first shown is better) = softmax over the log-probs of the two answer tokens. Language models
+    favour a position, so every pair is asked in both orders and the two estimates of P(a better)
+    are averaged: a judge that always says "A" then returns exactly 0.5, and a real preference
+    survives the swap. ``compare`` returns that probability in [0, 1] (within ``tie_tolerance`` of
+    0.5 it is a tie, 0.5). ``score`` is P(response better than ``reference``), by default an empty
+    response: a usable reward, but only comparable across judges of the same model and template.
+
+    With a chat template the question is a user turn followed by the generation prompt and the
+    answer tokens are "A"/"B"; a model without one gets the raw text plus "\\nAnswer:" and " A"/" B".
+    """
+
+    def __init__(self, path_or_model, tokenizer=None, template: str = DEFAULT_TEMPLATE, *, batch_size: int = 16,
+                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm"):
+        from align.models import load_causal_lm, load_tokenizer
+
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+        if fields != TEMPLATE_FIELDS:
+            raise AlignError(f"judges.{name}.template: must use exactly the fields {{prompt}}, {{response_a}} and "
+                             f"{{response_b}} (write literal braces as {{{{ }}}}); it uses {sorted(fields) or 'none'}.")
+        self.name, self.template, self.reference = name, template, reference
+        self.batch_size, self.tie_tolerance = int(batch_size), float(tie_tolerance)
+        if isinstance(path_or_model, (str, Path)):
+            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm")
+            self.tokenizer = tokenizer or load_tokenizer(path_or_model, field=f"judges.{name}.llm")
+        else:
+            self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
+        self.chat = self.tokenizer.chat_template is not None
+        answers = ("A", "B") if self.chat else (" A", " B")
+        self.answer_ids = [self.tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in answers]
+        if self.answer_ids[0] == self.answer_ids[1]:
+            raise AlignError(f"judge '{name}': the tokenizer does not tell the answers {answers} apart by their first token.")
+
+    def question_ids(self, text: str) -> list[int]:
+        if self.chat:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                      tokenize=True, return_dict=True)["input_ids"]
+        return self.tokenizer(text + "\nAnswer:")["input_ids"]
+
+    def answer_logprobs(self, texts: list[str]) -> torch.Tensor:
+        """[n, 2]: next-token log-probabilities of the answers "A" and "B" after each question."""
+        encoded = [self.question_ids(t) for t in texts]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        rows = []
+        with eval_mode(self.model):
+            for i in range(0, len(encoded), self.batch_size):
+                batch = encoded[i:i + self.batch_size]
+                ids, mask = pad_batch(batch, pad_id, "right")  # right: positions stay 0..len-1 without position_ids
+                logits = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)).logits
+                last = logits[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in batch])].float()
+                rows.append(torch.log_softmax(last, -1)[:, self.answer_ids].cpu())
+        return torch.cat(rows) if rows else torch.empty(0, 2)
+
+    def prefers_first(self, prompts: list, first: list[str], second: list[str]) -> list[float]:
+        """P(the response shown as A is better), normalised over the two answers."""
+        texts = [self.template.format(prompt=prompt_text(p), response_a=a, response_b=b)
+                 for p, a, b in zip(prompts, first, second, strict=True)]
+        return torch.softmax(self.answer_logprobs(texts), -1)[:, 0].tolist()
+
+    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str]) -> list[float]:
+        n = len(prompts)
+        p = self.prefers_first(list(prompts) * 2, list(responses_a) + list(responses_b),
+                               list(responses_b) + list(responses_a))
+        averaged = [(a_first + (1 - b_first)) / 2 for a_first, b_first in zip(p[:n], p[n:])]
+        return [0.5 if abs(x - 0.5) <= self.tie_tolerance else x for x in averaged]
+
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        return self.compare(prompts, responses, [self.reference] * len(responses))
+
+
+JUDGE_OPTIONS = {
+    "function": ("tie_tolerance",),
+    "reward_model": ("batch_size", "tie_tolerance"),
+    "llm": ("template", "batch_size", "reference", "tie_tolerance"),
+}
+STAGE_REF = re.compile(r"^\$\{stages\.([A-Za-z0-9_\-]+)\}$")
+
+
+def build_judge(name: str, spec: dict, *, stage_dirs: dict | None = None) -> Judge:
+    """A judge from a recipe's ``judges.<name>`` spec; ``${stages.x}`` left unresolved is looked up in ``stage_dirs``."""
+    where = f"judges.{name}"
+    kinds = [kind for kind in JUDGE_OPTIONS if isinstance(spec, dict) and kind in spec]
+    if len(kinds) != 1:
+        raise AlignError(f"{where}: expected exactly one of {', '.join(JUDGE_OPTIONS)}, e.g. "
+                         f"{{function: align.data.builtin:gold_judge}}, {{reward_model: ${{stages.reward}}}} or "
+                         f"{{llm: path/to/model}}; got {spec!r}.")
+    kind = kinds[0]
+    unknown = set(spec) - {kind, *JUDGE_OPTIONS[kind]}
+    if unknown:
+        raise AlignError(f"{where}: unknown keys {sorted(unknown)} for a {kind} judge; valid: "
+                         f"{', '.join((kind, *JUDGE_OPTIONS[kind]))}.")
+    target, options = spec[kind], {k: v for k, v in spec.items() if k != kind}
+    ref = STAGE_REF.match(str(target))
+    if ref:
+        if not stage_dirs or ref[1] not in stage_dirs:
+            raise AlignError(f"{where}.{kind}: {target} names a stage whose output folder is not known here.")
+        target = stage_dirs[ref[1]]
+    if kind == "function":
+        return FunctionJudge(str(target), name=name, **options)
+    if kind == "reward_model":
+        return RewardModelJudge(target, name=name, **options)
+    return LLMJudge(target, name=name, **options)

@@ -1,0 +1,75 @@
+"""The report of one run: every policy side by side (table, reward-vs-KL, win rates, training curves, samples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from align.report import plots
+from align.report.load import Evaluation, Policy, load_evaluation
+from align.report.page import Heading, Image, Table, Text, write_pages
+from align.report.tables import pairwise_table, policy_table, sample_tables
+
+TRAJECTORY_NOTE = ("Lines: PPO's periodic evaluations during training (eval/kl, eval/score from its trainer_state.json; "
+                   "its own eval prompts and decoding), drawn on the panel of the judge it was trained on{where}. "
+                   "Points: the final policies as measured by the evaluate stage, with the 95 % interval of the mean score.")
+
+
+def context_text(evaluation: Evaluation) -> str:
+    m = evaluation.metrics
+    decoding = ", ".join(f"{k}={v}" for k, v in (m.get("decoding") or {}).items()) or "not recorded"
+    return (f"Evaluate stage: {evaluation.eval_dir}. {m.get('n_prompts', '?')} held-out prompts, the same for every "
+            f"policy; decoding: {decoding}. Reference policy: {m['reference']}; primary judge: {m['primary_judge']}.")
+
+
+def results_blocks(policies: list[Policy], judges: list[str], metrics: dict) -> list:
+    """The numbers table and what its columns mean."""
+    blocks = [Table(*policy_table(policies, judges, metrics["reference"])),
+              Text(f"Scores: mean over prompts (sd = spread over prompts). Win rate under the {metrics['primary_judge']} "
+                   f"judge, ties count half, bootstrap 95 % interval. KL estimator: {metrics.get('kl_estimator') or 'not recorded'}. "
+                   "Perplexity and bits per byte on held-out text (bits per byte compare across tokenizers).")]
+    notes = [f"{p.name}: {p.metrics['kl_note']}" for p in policies if p.metrics.get("kl") is None and p.metrics.get("kl_note")]
+    if notes:
+        blocks.append(Text("KL not computed — " + "; ".join(notes)))
+    return blocks
+
+
+def figure_blocks(policies: list[Policy], judges: list[str], reference: str, out_dir: Path, title: str) -> list:
+    blocks = [Heading("Reward vs KL to the reference"),
+              Image(plots.frontier(policies, judges, out_dir / "reward_vs_kl.png", title), "reward vs KL")]
+    if any(p.trajectory for p in policies):
+        unknown = any(p.trajectory and p.trained_on not in judges for p in policies)
+        blocks.append(Text(TRAJECTORY_NOTE.format(
+            where=" (or on a panel of its own when that judge is not known or not evaluated)" if unknown else "")))
+    bars = plots.win_rates(policies, reference, judges[0], out_dir / "win_rates.png")
+    if bars:
+        blocks += [Heading(f"Win rate against {reference}"), Image(bars, "win rates")]
+    return blocks
+
+
+def build_report(source: Evaluation | str | Path, out_dir: str | Path, *, title: str | None = None,
+                 samples: int = 5) -> dict:
+    """Write report.md, report.html and the PNGs for an evaluate stage (its folder, or loaded with
+    ``load_evaluation`` and its PPO policies' ``trained_on`` set so their trajectories join that judge's panel)."""
+    evaluation = source if isinstance(source, Evaluation) else load_evaluation(source)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m, judges, policies = evaluation.metrics, evaluation.judges, evaluation.policies
+    title = title or f"{evaluation.eval_dir.parent.name}: policies compared"
+    blocks = [Text(context_text(evaluation)), Heading("Results"),
+              *results_blocks(policies, judges, m)]
+    pairwise = pairwise_table(m.get("pairwise"))
+    if pairwise:
+        blocks += [Heading(f"Pairwise win rates ({m['pairwise'].get('judge', m['primary_judge'])} judge)", 3), Table(*pairwise)]
+    blocks += figure_blocks(policies, judges, m["reference"], out_dir, title)
+    curves = plots.training_curves(evaluation.curves, out_dir / "training_curves.png")
+    if curves:
+        blocks += [Heading("Training curves"), Image(curves, "training curves"),
+                   Text("Solid: training logs; dashed with markers: evaluations during training.")]
+    shown = sample_tables(evaluation.samples, [p.name for p in policies], samples)
+    if shown:
+        blocks += [Heading("Samples"), Text(f"The first {len(shown)} evaluation prompts (not selected), every policy's response and its scores.")]
+        for i, (prompt, names, rows) in enumerate(shown):
+            blocks += [Heading(f"Prompt {i + 1}", 3), Text(prompt), Table(names, rows)]
+    md, html = write_pages(title, blocks, out_dir)
+    figures = sorted(str(b.path) for b in blocks if isinstance(b, Image))
+    return {"report_md": str(md), "report_html": str(html), "figures": figures}

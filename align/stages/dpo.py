@@ -1,0 +1,50 @@
+"""dpo stage: TRL's DPOTrainer from the SFT model.
+
+With LoRA (the default) the policy is the SFT model plus a fresh adapter and the reference is the
+same weights with the adapter disabled, so no second copy sits in memory.
+"""
+
+from __future__ import annotations
+
+from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
+
+REQUIRED = ("model", "dataset")
+DATASET_KEYS = ("dataset", "eval_dataset")
+KEYS = {
+    "model": "the starting policy, normally ${stages.sft}",
+    "dataset": "preference pairs (prompt/chosen/rejected, standard or conversational)",
+    "eval_dataset": "held-out pairs (optional)",
+    "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
+    "quantization": "4bit or 8bit: QLoRA",
+}
+
+
+def config_class():
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
+def run(ctx) -> dict:
+    from trl import DPOTrainer
+
+    model, tokenizer = load_for_training(ctx)
+    formats = ("preference", "implicit_preference")
+    train = ctx.dataset("dataset", expected=formats, tokenizer=tokenizer)
+    evals = ctx.dataset("eval_dataset", expected=formats, tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
+    args = ctx.config(config_class(), beta=0.1, learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.05,
+                      num_train_epochs=1, per_device_train_batch_size=16, max_length=256,
+                      eval_strategy="epoch" if evals is not None else "no")
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train, eval_dataset=evals,
+                         processing_class=tokenizer, peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
+    last = next((h for h in reversed(trainer.state.log_history) if "rewards/accuracies" in h), {})
+    metrics.update({k: v for k, v in last.items() if k.startswith(("rewards/", "logps/"))})
+    if evals is not None:
+        metrics.update(trainer.evaluate())
+    if ctx.is_main_process:
+        trainer.save_model(str(ctx.out_dir))
+        tokenizer.save_pretrained(ctx.out_dir)
+        trainer.save_state()
+    return metrics

@@ -1,0 +1,155 @@
+"""evaluate stage: every policy on the same held-out prompts with the same decoding settings.
+
+Per policy: mean score under each judge, KL(pi || pi_ref) to the reference policy estimated from
+the policy's own samples, response length, perplexity and bits per byte on held-out text, and the
+win rate against the reference under the primary judge (ties count half) with a bootstrap 95 %
+interval; plus a pairwise win-rate matrix. Writes ``metrics.json`` and ``samples.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from align.errors import AlignError
+
+REQUIRED = ("policies", "prompts", "judges")
+DATASET_KEYS = ("prompts", "heldout")
+JUDGE_KEYS = ("judges",)
+KEYS = {
+    "policies": "mapping of names to policies, e.g. {sft: ${stages.sft}, ppo: ${stages.ppo}, dpo: ${stages.dpo}}",
+    "reference": "the policy everything is compared with (KL, win rate); default: the first",
+    "judges": "judge names; the first is the primary judge for win rates",
+    "prompts": "held-out prompt-only dataset",
+    "heldout": "held-out text for perplexity and bits per byte (optional)",
+    "generation": "decoding: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), greedy (false), batch_size (32)",
+    "limit": "evaluate on the first N prompts only",
+    "n_bootstrap": "bootstrap resamples for win-rate intervals (default 2000)",
+}
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32}
+KL_ESTIMATOR = ("k1: mean over the policy's own samples of sum_t [log pi(a_t|s_t) - log pi_ref(a_t|s_t)] "
+                "(unbiased); kl_k3 is the lower-variance, always non-negative k3 estimator")
+
+
+def prompt_as_text(prompt) -> str:
+    """The last user message of a conversational prompt (what a reader of samples wants to see)."""
+    if isinstance(prompt, str):
+        return prompt
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
+def same_vocabulary(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+def policy_kind(path) -> str | None:
+    from align.runner import read_marker
+
+    marker = read_marker(path)
+    return marker.get("kind") if marker else None
+
+
+def evaluate_policy(name, path, prompts, judges, reference, generation, seed, heldout_texts) -> tuple[dict, list[dict]]:
+    """Generate, judge and measure one policy; returns its per-prompt records and held-out numbers."""
+    from align.eval import generate, kl_to_reference, perplexity
+    from align.models import load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(path), load_tokenizer(path)
+    responses = generate(model, tokenizer, prompts, seed=seed, **generation)
+    scores = {judge_name: judge.score(prompts, responses) for judge_name, judge in judges.items()}
+    ref_model, ref_tokenizer = reference
+    kl = None
+    if same_vocabulary(tokenizer, ref_tokenizer):
+        kl = kl_to_reference(model, ref_model, tokenizer, prompts, responses)
+    extra = {"kl_note": None if kl else "undefined: this policy's tokenizer differs from the reference's"}
+    if heldout_texts:
+        ppl = perplexity(model, tokenizer, heldout_texts)
+        extra.update(perplexity=ppl["mean_perplexity"], bits_per_byte=ppl["bits_per_byte"])
+    records = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        records.append({"policy": name, "prompt": prompt, "response": response,
+                        "scores": {j: s[i] for j, s in scores.items()},
+                        "kl": kl["k1"][i] if kl else None, "kl_k3": kl["k3"][i] if kl else None,
+                        "response_tokens": len(tokenizer(response, add_special_tokens=False)["input_ids"])})
+    return extra, records
+
+
+def summarise(records: list[dict], judge_names: list[str]) -> dict:
+    mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
+    kls = [r["kl"] for r in records if r["kl"] is not None]
+    return {
+        "scores": {j: mean([r["scores"][j] for r in records]) for j in judge_names},
+        "score_std": {j: statistics.pstdev([r["scores"][j] for r in records]) for j in judge_names},
+        "kl": mean(kls), "kl_k3": mean([r["kl_k3"] for r in records if r["kl_k3"] is not None]),
+        "response_length": mean([r["response_tokens"] for r in records]),
+    }
+
+
+def run(ctx) -> dict:
+    from align.eval import build_judge, win_rate
+    from align.models import load_causal_lm, load_tokenizer
+
+    policies = ctx.spec["policies"]
+    if not isinstance(policies, dict) or not policies:
+        raise AlignError(f"{ctx.where('policies')}: expected a mapping of names to policies, e.g. "
+                         f"{{sft: ${{stages.sft}}, dpo: ${{stages.dpo}}}}.")
+    reference_name = ctx.spec.get("reference", next(iter(policies)))
+    if reference_name not in policies:
+        raise AlignError(f"{ctx.where('reference')}: {reference_name!r} is not one of the policies ({', '.join(policies)}).")
+    judge_names = ctx.spec["judges"] if isinstance(ctx.spec["judges"], list) else [ctx.spec["judges"]]
+    judges = {name: build_judge(name, ctx.recipe.judges[name]) for name in judge_names}
+    primary = judge_names[0]
+    generation = {**GENERATION_DEFAULTS, **(ctx.spec.get("generation") or {})}
+    unknown = set(generation) - set(GENERATION_DEFAULTS)
+    if unknown:
+        raise AlignError(f"{ctx.where('generation')}: unknown keys {sorted(unknown)}; valid: {sorted(GENERATION_DEFAULTS)}.")
+    prompts_ds = ctx.dataset("prompts", expected="prompt_only")
+    prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
+    heldout = ctx.dataset("heldout", expected="language_modeling")["text"] if "heldout" in ctx.spec else None
+
+    shard = list(range(len(prompts)))[ctx.state.process_index::ctx.state.num_processes]
+    local_prompts = [prompts[i] for i in shard]
+    reference = (load_causal_lm(policies[reference_name]), load_tokenizer(policies[reference_name]))
+    results, local_records = {}, []
+    for name, path in policies.items():
+        if ctx.is_main_process:
+            print(f"{ctx.name}: {name} ({path}) on {len(prompts)} prompts")
+        extra, records = evaluate_policy(name, path, local_prompts, judges, reference, generation, ctx.seed, heldout)
+        for i, record in zip(shard, records):
+            record["prompt_id"] = i
+        results[name] = {"path": str(path), "kind": policy_kind(path), **extra}
+        local_records += records
+    if ctx.state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        local_records = gather_object(local_records)
+    records = sorted(local_records, key=lambda r: (r["prompt_id"], list(policies).index(r["policy"])))
+    by_policy = {name: [r for r in records if r["policy"] == name] for name in policies}
+
+    n_bootstrap = int(ctx.spec.get("n_bootstrap", 2000))
+    judge = judges[primary]
+
+    def outcomes(a: str, b: str) -> list[float]:
+        return judge.compare([r["prompt"] for r in by_policy[a]], [r["response"] for r in by_policy[a]],
+                             [r["response"] for r in by_policy[b]])
+
+    names = list(policies)
+    pairwise = [[0.5 if a == b else win_rate(outcomes(a, b), n_bootstrap=n_bootstrap, seed=ctx.seed)["win_rate"]
+                 for b in names] for a in names]
+    for name in names:
+        results[name].update(summarise(by_policy[name], judge_names))
+        results[name]["win_rate"] = {"vs": reference_name, "judge": primary,
+                                     **win_rate(outcomes(name, reference_name), n_bootstrap=n_bootstrap, seed=ctx.seed)}
+    metrics = {"reference": reference_name, "primary_judge": primary, "kl_estimator": KL_ESTIMATOR,
+               "n_prompts": len(prompts), "decoding": generation, "policies": results,
+               "pairwise": {"judge": primary, "policies": names, "win_rate": pairwise}}
+    if ctx.is_main_process:
+        with open(ctx.out_dir / "samples.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps({**r, "prompt": prompt_as_text(r["prompt"])}) + "\n")
+        for name in names:
+            m = results[name]
+            wr = m["win_rate"]
+            print(f"{ctx.name}: {name:>8}: {primary} {m['scores'][primary]:+.3f}  win vs {reference_name} "
+                  f"{wr['win_rate']:.2f} [{wr['ci_low']:.2f}, {wr['ci_high']:.2f}]  KL {m['kl'] if m['kl'] is None else round(m['kl'], 3)}")
+    return metrics

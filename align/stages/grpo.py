@@ -1,0 +1,82 @@
+"""grpo stage: TRL's GRPOTrainer on prompt-only data, rewarded by the recipe's judges.
+
+Judges (a reward model, the gold function, any ``module:function``) become TRL reward functions.
+TRL's GRPO defaults to no KL term (``beta: 0``); align sets ``beta: 0.05`` so the policy is held
+near the SFT model like PPO's KL penalty, which the RLHF-vs-DPO comparison needs.
+"""
+
+from __future__ import annotations
+
+from align.errors import AlignError
+from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
+
+REQUIRED = ("model", "dataset", "rewards")
+DATASET_KEYS = ("dataset",)
+JUDGE_KEYS = ("rewards",)
+KEYS = {
+    "model": "the starting policy, normally ${stages.sft}",
+    "dataset": "prompt-only data (prompt column, standard or conversational)",
+    "rewards": "judge names from the recipe's judges (reward model, function); summed, weighted by args.reward_weights",
+    "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false for full fine-tuning",
+    "quantization": "4bit or 8bit: QLoRA",
+}
+
+
+def config_class():
+    from trl import GRPOConfig
+
+    return GRPOConfig
+
+
+def completion_text(completion) -> str:
+    """TRL passes conversational completions as message lists; judges take the text."""
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+def reward_functions(ctx) -> list:
+    from align.eval.judges import build_judge
+
+    names = ctx.spec["rewards"] if isinstance(ctx.spec["rewards"], list) else [ctx.spec["rewards"]]
+    funcs = []
+    for name in names:
+        judge = build_judge(name, ctx.recipe.judges[name])
+
+        def reward(prompts, completions, _judge=judge, **_):
+            return _judge.score(prompts, [completion_text(c) for c in completions])
+
+        reward.__name__ = name  # TRL logs rewards/<name>/mean
+        funcs.append(reward)
+    return funcs
+
+
+def run_online(ctx, trainer_class, config, **defaults) -> dict:
+    """Shared by grpo and rloo: same inputs, same judges-as-rewards, different TRL trainer."""
+    model, tokenizer = load_for_training(ctx)
+    train = ctx.dataset("dataset", expected="prompt_only", tokenizer=tokenizer)
+    args = ctx.config(config, learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8,
+                      num_generations=4, max_completion_length=48, temperature=1.0, beta=0.05,
+                      max_steps=20, logging_steps=1, **defaults)
+    if args.beta == 0:
+        print(f"{ctx.name}: beta is 0, so nothing keeps the policy near the SFT model (no KL term).")
+    try:
+        trainer = trainer_class(model=model, reward_funcs=reward_functions(ctx), args=args, train_dataset=train,
+                                processing_class=tokenizer,
+                                peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
+    except ValueError as e:  # batch/generation sizes that do not divide, mostly
+        raise AlignError(f"{ctx.where('args')}: {trainer_class.__name__} rejected the settings: {e}") from None
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
+               "reward_first": logs[0]["reward"] if logs else None, "reward_last": logs[-1]["reward"] if logs else None,
+               "kl_last": logs[-1].get("kl") if logs else None}
+    if ctx.is_main_process:
+        trainer.save_model(str(ctx.out_dir))
+        tokenizer.save_pretrained(ctx.out_dir)
+        trainer.save_state()
+    return metrics
+
+
+def run(ctx) -> dict:
+    from trl import GRPOTrainer
+
+    return run_online(ctx, GRPOTrainer, config_class())

@@ -1,0 +1,65 @@
+"""ppo stage: align's PPOTrainer (TRL removed its own) from the SFT model, against a reward model.
+
+The value model starts from the reward model, as InstructGPT did; with LoRA the reference policy
+is the SFT weights with the adapter disabled. Periodic evaluations on fixed prompts log
+``eval/score`` and ``eval/kl``, which the report draws as the reward-vs-KL trajectory.
+"""
+
+from __future__ import annotations
+
+from align.errors import AlignError
+from align.models import load_sequence_classifier
+from align.stages.grpo import reward_functions
+from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
+
+REQUIRED = ("policy", "dataset")
+DATASET_KEYS = ("dataset", "eval_dataset")
+JUDGE_KEYS = ("rewards",)
+KEYS = {
+    "policy": "the starting policy, normally ${stages.sft}",
+    "reward": "a reward model: ${stages.reward} (the value model starts from it)",
+    "rewards": "judge names used as reward functions, added to the reward model's score",
+    "dataset": "prompt-only data (prompt column, standard or conversational)",
+    "eval_dataset": "fixed prompts for the periodic evaluation (default: the first args.eval_prompts of dataset)",
+    "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
+    "quantization": "4bit or 8bit: QLoRA policy",
+}
+
+
+def config_class():
+    from align.ppo import PPOConfig
+
+    return PPOConfig
+
+
+def run(ctx) -> dict:
+    from align.ppo import PPOTrainer
+
+    if "reward" not in ctx.spec and "rewards" not in ctx.spec:
+        raise AlignError(f"stages.{ctx.name}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names].")
+    model, tokenizer = load_for_training(ctx, "policy")
+    train = ctx.dataset("dataset", expected="prompt_only", tokenizer=tokenizer)
+    evals = ctx.dataset("eval_dataset", expected="prompt_only", tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
+    reward_model = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward"))[0] if "reward" in ctx.spec else None
+    args = ctx.config(config_class())
+    trainer = PPOTrainer(model=model, reward_model=reward_model,
+                         reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
+                         processing_class=tokenizer, args=args, train_dataset=train, eval_dataset=evals,
+                         peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
+    trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    history = trainer.state.log_history
+    train_logs = [h for h in history if "objective/scores" in h]
+    eval_logs = [h for h in history if "eval/score" in h]
+    metrics = {
+        "iterations": trainer.state.global_step,
+        "score_first": train_logs[0]["objective/scores"] if train_logs else None,
+        "score_last": train_logs[-1]["objective/scores"] if train_logs else None,
+        "kl_last": train_logs[-1]["objective/kl"] if train_logs else None,
+        "eval_score_last": eval_logs[-1]["eval/score"] if eval_logs else None,
+        "eval_kl_last": eval_logs[-1]["eval/kl"] if eval_logs else None,
+    }
+    if ctx.is_main_process:
+        trainer.save_model(str(ctx.out_dir))
+        tokenizer.save_pretrained(ctx.out_dir)
+        trainer.save_state()
+    return metrics

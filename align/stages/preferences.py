@@ -1,0 +1,123 @@
+"""preferences stage: sample K responses per prompt from a policy, judge them, keep (best, worst).
+
+This is the DPO paper's protocol (and RLAIF's): the pairs are on-policy for the SFT model, which
+is what both the reward model and DPO should learn from. A pair is kept only when the judge's
+scores differ by more than ``min_score_gap`` and the two texts differ. Output: a conversational
+explicit-prompt preference dataset (``prompt``, ``chosen``, ``rejected``) with the scores kept as
+``chosen_score`` / ``rejected_score``, saved with ``save_to_disk`` under ``dataset/``.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from align.errors import AlignError
+
+REQUIRED = ("policy", "dataset", "judge")
+DATASET_KEYS = ("dataset",)
+JUDGE_KEYS = ("judge",)
+KEYS = {
+    "policy": "the model to sample from, normally ${stages.sft}",
+    "dataset": "prompt-only data (prompt column, standard or conversational)",
+    "judge": "name of a recipe judge that scores each response",
+    "samples_per_prompt": "K responses sampled per prompt (default 4); the best and worst form the pair",
+    "min_score_gap": "least score difference for a pair to be kept (default 0: any strict difference)",
+    "generation": "decoding settings: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), batch_size (32)",
+    "limit": "use only the first N prompts",
+}
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32}
+
+
+def form_pairs(prompts: list, responses: list[list[str]], scores: list[list[float]], min_score_gap: float = 0.0) -> list[dict]:
+    """For each prompt, the highest- and lowest-scored of its K responses, if they really differ.
+
+    Ties on score (gap <= min_score_gap) or identical texts give no pair: a pair whose two sides
+    are equally good teaches the reward model and DPO nothing but noise.
+    """
+    pairs = []
+    for prompt, texts, values in zip(prompts, responses, scores):
+        if len(texts) < 2:
+            continue
+        best = max(range(len(texts)), key=lambda i: (values[i], -i))
+        worst = min(range(len(texts)), key=lambda i: (values[i], i))
+        if values[best] - values[worst] <= min_score_gap or texts[best].strip() == texts[worst].strip():
+            continue
+        pairs.append({"prompt": prompt, "chosen": texts[best], "rejected": texts[worst],
+                      "chosen_score": float(values[best]), "rejected_score": float(values[worst])})
+    return pairs
+
+
+def as_conversational(pair: dict) -> dict:
+    prompt = pair["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    return {**pair, "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+            "rejected": [{"role": "assistant", "content": pair["rejected"]}]}
+
+
+def describe(pairs: list[dict], n_prompts: int, k: int) -> str:
+    gaps = sorted(p["chosen_score"] - p["rejected_score"] for p in pairs)
+    if not gaps:
+        return f"{n_prompts} prompts x {k} samples: no pairs kept."
+    q = lambda f: gaps[min(len(gaps) - 1, int(f * len(gaps)))]  # noqa: E731
+    return (f"{n_prompts} prompts x {k} samples -> {len(pairs)} pairs kept ({len(pairs) / n_prompts:.0%}).\n"
+            f"Score gap (chosen - rejected): mean {statistics.fmean(gaps):.3f}, min {gaps[0]:.3f}, "
+            f"25% {q(0.25):.3f}, median {q(0.5):.3f}, 75% {q(0.75):.3f}, max {gaps[-1]:.3f}.\n"
+            f"Mean chosen score {statistics.fmean(p['chosen_score'] for p in pairs):.3f}, "
+            f"mean rejected score {statistics.fmean(p['rejected_score'] for p in pairs):.3f}.")
+
+
+def run(ctx) -> dict:
+    import datasets
+
+    from align.data import write_data_card
+    from align.eval.generation import generate
+    from align.eval.judges import build_judge
+    from align.models import load_causal_lm, load_tokenizer
+
+    k = int(ctx.spec.get("samples_per_prompt", 4))
+    if k < 2:
+        raise AlignError(f"{ctx.where('samples_per_prompt')}: need at least 2 samples per prompt to form a pair, got {k}.")
+    gen = {**GENERATION_DEFAULTS, **(ctx.spec.get("generation") or {})}
+    unknown = set(gen) - set(GENERATION_DEFAULTS)
+    if unknown:
+        raise AlignError(f"{ctx.where('generation')}: unknown keys {sorted(unknown)}; valid: {sorted(GENERATION_DEFAULTS)}.")
+    ds = ctx.dataset("dataset", expected="prompt_only")
+    if ctx.spec.get("limit"):
+        ds = ds.select(range(min(int(ctx.spec["limit"]), len(ds))))
+    prompts = ds["prompt"]
+    judge = build_judge(ctx.spec["judge"], ctx.recipe.judges[ctx.spec["judge"]])
+    model = load_causal_lm(ctx.spec["policy"], field=ctx.where("policy"))
+    tokenizer = load_tokenizer(ctx.spec["policy"], field=ctx.where("policy"))
+
+    # Each process samples every num_processes-th prompt; the shards are gathered and re-ordered.
+    shard = list(range(len(prompts)))[ctx.state.process_index::ctx.state.num_processes]
+    repeated = [prompts[i] for i in shard for _ in range(k)]
+    texts = generate(model, tokenizer, repeated, seed=ctx.seed + ctx.state.process_index, **gen)
+    values = judge.score(repeated, texts)
+    local = [(i, texts[j * k:(j + 1) * k], values[j * k:(j + 1) * k]) for j, i in enumerate(shard)]
+    from accelerate.utils import gather_object
+
+    gathered = sorted(gather_object(local) if ctx.state.num_processes > 1 else local, key=lambda item: item[0])
+    pairs = form_pairs([prompts[i] for i, _, _ in gathered], [t for _, t, _ in gathered], [v for _, _, v in gathered],
+                       float(ctx.spec.get("min_score_gap", 0.0)))
+    if not pairs:
+        raise AlignError(f"stages.{ctx.name}: the judge gave every response to every prompt the same score, so no "
+                         f"preference pair was formed. Sample more per prompt, raise the temperature, or check the judge.")
+    all_scores = [v for _, _, vs in gathered for v in vs]
+    summary = describe(pairs, len(gathered), k)
+    result = datasets.Dataset.from_list([as_conversational(p) for p in pairs])
+    if ctx.is_main_process:
+        result.save_to_disk(str(ctx.out_dir / "dataset"))
+        result.to_json(str(ctx.out_dir / "pairs.jsonl"))
+        write_data_card(result, ctx.out_dir / "data_card_preferences.md", name=f"{ctx.name} (generated)",
+                        spec={"policy": str(ctx.spec["policy"]), "judge": ctx.spec["judge"], "samples_per_prompt": k,
+                              "generation": gen}, fmt="preference", tokenizer=tokenizer,
+                        licence="generated by align from the prompts' dataset; inherits its licence",
+                        notes=summary)
+        print(f"{ctx.name}: {summary}")
+    return {"prompts": len(gathered), "samples_per_prompt": k, "pairs": len(pairs),
+            "mean_sample_score": sum(all_scores) / len(all_scores),
+            "mean_chosen_score": statistics.fmean(p["chosen_score"] for p in pairs),
+            "mean_rejected_score": statistics.fmean(p["rejected_score"] for p in pairs)}

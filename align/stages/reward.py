@@ -1,0 +1,59 @@
+"""reward stage: TRL's RewardTrainer on preference pairs, from the SFT model or any checkpoint.
+
+A slice of the pairs is held out; ``metrics.json`` reports held-out pairwise accuracy (share of
+pairs where chosen outscores rejected) and the mean reward margin.
+"""
+
+from __future__ import annotations
+
+from align.models import load_sequence_classifier
+from align.stages.sft import lora_config
+
+REQUIRED = ("model", "dataset")
+DATASET_KEYS = ("dataset", "eval_dataset")
+KEYS = {
+    "model": "initial weights: ${stages.sft} (LoRA merged), a model folder or a hub id",
+    "dataset": "preference pairs (prompt/chosen/rejected or implicit chosen/rejected)",
+    "eval_dataset": "held-out pairs (default: eval_fraction of dataset)",
+    "eval_fraction": "share of pairs held out when no eval_dataset is given (default 0.1)",
+    "lora": "LoraConfig fields to train a LoRA reward model (default: full fine-tuning)",
+}
+PREFERENCE_FORMATS = ("preference", "implicit_preference")
+
+
+def config_class():
+    from trl import RewardConfig
+
+    return RewardConfig
+
+
+def run(ctx) -> dict:
+    from trl import RewardTrainer
+
+    model, tokenizer = load_sequence_classifier(ctx.spec["model"], field=ctx.where("model"))
+    train = ctx.dataset("dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
+    if "eval_dataset" in ctx.spec:
+        evals = ctx.dataset("eval_dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
+    else:
+        split = train.train_test_split(test_size=float(ctx.spec.get("eval_fraction", 0.1)), seed=ctx.seed)
+        train, evals = split["train"], split["test"]
+    args = ctx.config(config_class(), learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05,
+                      num_train_epochs=1, per_device_train_batch_size=16, per_device_eval_batch_size=32,
+                      max_length=256, eval_strategy="epoch")
+    peft = lora_config(ctx.spec["lora"], ctx.where("lora")) if ctx.spec.get("lora") else None
+    if peft is not None:
+        peft.task_type = "SEQ_CLS"
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
+                            processing_class=tokenizer, peft_config=peft)
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    held_out = trainer.evaluate()
+    metrics = {"train_loss": result.training_loss, "pairwise_accuracy": held_out.get("eval_accuracy"),
+               "reward_margin": held_out.get("eval_margin"), "eval_pairs": len(evals), "train_pairs": len(train),
+               **held_out}
+    if ctx.is_main_process:
+        trainer.save_model(str(ctx.out_dir))
+        tokenizer.save_pretrained(ctx.out_dir)
+        trainer.save_state()
+        print(f"reward: held-out pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {len(evals)} pairs, "
+              f"margin {metrics['reward_margin']:.3f}")
+    return metrics

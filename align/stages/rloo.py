@@ -1,0 +1,17 @@
+"""rloo stage: TRL's RLOOTrainer (REINFORCE with leave-one-out baselines), same inputs as grpo."""
+
+from __future__ import annotations
+
+from align.stages.grpo import DATASET_KEYS, JUDGE_KEYS, KEYS, REQUIRED, run_online  # noqa: F401
+
+
+def config_class():
+    from trl import RLOOConfig
+
+    return RLOOConfig
+
+
+def run(ctx) -> dict:
+    from trl import RLOOTrainer
+
+    return run_online(ctx, RLOOTrainer, config_class())
