@@ -51,7 +51,7 @@ def cmd_generate(args) -> int:
 def cmd_compare(args) -> int:
     from align.report.compare import compare_runs
 
-    path = compare_runs(args.run_dirs, args.out)
+    path = compare_runs(args.run_dirs, args.out, trained_on=args.trajectory_judge)
     print(f"align: comparison of {len(args.run_dirs)} runs written to {path}")
     return 0
 
@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("compare", help="merge several runs' evaluations into one reward-vs-KL frontier")
     p.add_argument("run_dirs", nargs="+", help="run folders (each holding a finished evaluate stage)")
-    p.add_argument("--out", default="runs/compare", help="folder for compare.md / .png / .html")
+    p.add_argument("--out", default="runs/compare", help="folder for report.md / frontier.png / report.html")
+    p.add_argument("--trajectory-judge", help="the judge PPO trained on (e.g. rm): its training trajectory is drawn "
+                                              "on that judge's panel")
     return parser
 
 

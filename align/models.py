@@ -75,7 +75,7 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
-def resolve_model_path(path: str | Path, *, field: str = "model") -> str:
+def resolve_model_path(path: str | Path, *, field: str = "model", files=("config.json", "adapter_config.json")) -> str:
     """Accept a stage folder, a folder with a model/adapter, or a hub id (used as given)."""
     p = Path(path)
     if not p.exists():
@@ -84,14 +84,14 @@ def resolve_model_path(path: str | Path, *, field: str = "model") -> str:
                              f"a local model folder, or a hub model id.")
         return str(path)  # hub id; transformers reports network problems itself
     for candidate in (p / "merged", p):
-        if (candidate / "config.json").exists() or is_adapter(candidate):
+        if any((candidate / name).exists() for name in files):
             return str(candidate.resolve())
-    raise AlignError(f"{field}: {path} holds no model (no config.json or adapter_config.json). "
+    raise AlignError(f"{field}: {path} holds no model (no {' or '.join(files)}). "
                      f"Has the stage that writes it finished?")
 
 
 def load_tokenizer(path: str | Path, *, field: str = "model"):
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path, field=field))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path, field=field, files=("tokenizer_config.json",)))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -25,6 +25,21 @@ JUDGE_KINDS = {"function", "reward_model", "llm"}
 REF_PATTERN = re.compile(r"^\$\{stages\.([A-Za-z0-9_\-]+)\}$")
 
 
+class Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; every recipe writes learning rates that way."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 class StageRef(str):
     """The output folder of another stage; ``.stage`` is that stage's name."""
 
@@ -72,7 +87,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     key, value_text = assignment.split("=", 1)
     parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(value_text)
+        value = yaml.load(value_text, Loader=Loader)
     except yaml.YAMLError as e:
         raise AlignError(f"--set {key}: cannot parse {value_text!r} as a YAML value: {e}") from None
     node = raw
@@ -95,7 +110,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise AlignError(f"recipe {path} does not exist.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=Loader)
     except yaml.YAMLError as e:
         raise AlignError(f"recipe {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -225,15 +240,9 @@ def judge_deps(value, where, judges, stages, output_dir) -> list[str]:
 
 
 def check_dataset_spec(spec: dict, where: str) -> None:
-    from align.data import DATASET_SPEC_KEYS
+    from align.data.loading import check_spec
 
-    for key in spec:
-        if key not in DATASET_SPEC_KEYS:
-            raise AlignError(f"{where}.{key}: unknown dataset key.{suggest(key, DATASET_SPEC_KEYS)} "
-                             f"Valid keys: {', '.join(sorted(DATASET_SPEC_KEYS))}.")
-    sources = [k for k in ("builtin", "path", "hub", "stage_dir") if k in spec]
-    if len(sources) != 1:
-        raise AlignError(f"{where}: give exactly one of builtin, path, hub or stage_dir (found {sources or 'none'}).")
+    check_spec(spec, where)
 
 
 def check_judge_spec(spec, where: str) -> None:

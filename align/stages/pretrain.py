@@ -31,13 +31,18 @@ def config_class():
 
 
 def pack(ds, tokenizer, block_size: int):
-    """Tokenise every document, append EOS, concatenate and cut into ``block_size`` blocks."""
+    """Tokenise every document as BOS + text + EOS, concatenate and cut into ``block_size`` blocks.
+
+    BOS opens each document as the chat template opens each conversation, so perplexity (which
+    predicts a text's first token from BOS) and SFT see the same convention as pretraining.
+    """
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = tokenizer.eos_token_id
 
     def tokenize_and_chunk(batch):
         stream = []
         for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
-            stream.extend(ids + [eos])
+            stream.extend(bos + ids + [eos])
         n = len(stream) // block_size * block_size
         return {"input_ids": [stream[i:i + block_size] for i in range(0, n, block_size)]}
 

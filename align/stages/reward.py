@@ -51,7 +51,10 @@ def run(ctx) -> dict:
                "reward_margin": held_out.get("eval_margin"), "eval_pairs": len(evals), "train_pairs": len(train),
                **held_out}
     if ctx.is_main_process:
-        trainer.save_model(str(ctx.out_dir))
+        if peft is not None:  # save a plain model: the adapter's temporary base folder is gone
+            trainer.model.merge_and_unload().save_pretrained(ctx.out_dir)
+        else:
+            trainer.save_model(str(ctx.out_dir))
         tokenizer.save_pretrained(ctx.out_dir)
         trainer.save_state()
         print(f"reward: held-out pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {len(evals)} pairs, "

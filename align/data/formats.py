@@ -1,0 +1,116 @@
+"""TRL's dataset formats: detect which one a dataset is in, and check every row before training.
+
+A bad row found here costs a second; found by a trainer it costs a traceback deep in a collator,
+after the earlier stages already ran. Errors name the dataset, the column, the row and what was
+expected.
+"""
+
+from __future__ import annotations
+
+from align.errors import AlignError
+
+# format -> required columns, most specific first
+FORMATS = {
+    "preference": ("prompt", "chosen", "rejected"),
+    "implicit_preference": ("chosen", "rejected"),
+    "prompt_completion": ("prompt", "completion"),
+    "conversational": ("messages",),
+    "language_modeling": ("text",),
+    "prompt_only": ("prompt",),
+}
+DESCRIBE = {
+    "preference": "a preference dataset (prompt/chosen/rejected)",
+    "implicit_preference": "a preference dataset with implicit prompt (chosen/rejected)",
+    "prompt_completion": "a prompt-completion dataset (prompt/completion)",
+    "conversational": "a conversational dataset (messages)",
+    "language_modeling": "a language-modelling dataset (text)",
+    "prompt_only": "a prompt-only dataset (prompt)",
+}
+ROLES = {"system", "user", "assistant"}
+
+
+def detect_format(ds, *, name: str = "dataset") -> str:
+    for fmt, columns in FORMATS.items():
+        if all(c in ds.column_names for c in columns):
+            return fmt
+    raise AlignError(f"{name}: columns {ds.column_names} match no known format. Expected one of: "
+                     + "; ".join(f"{DESCRIBE[f]}" for f in FORMATS)
+                     + ". Use rename: {old: new} in the dataset spec to fix column names.")
+
+
+def is_conversational(ds) -> bool:
+    column = next((c for c in ("messages", "prompt", "chosen") if c in ds.column_names), None)
+    return column is not None and len(ds) > 0 and isinstance(ds[0][column], list)
+
+
+def short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_messages(messages, *, must_start_user: bool, last_role: str | None, only_role: str | None = None) -> str | None:
+    """Why a message list is malformed, or None. Order: [system] user assistant user ..."""
+    if not isinstance(messages, list) or not messages:
+        return "expected a non-empty list of {role, content} messages"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            return f"message {i} is not a {{role, content}} mapping"
+        if m["role"] not in ROLES:
+            return f"message {i} has role {m['role']!r}; roles are system, user, assistant"
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            return f"message {i} ({m['role']}) has empty or non-string content"
+        if only_role and m["role"] != only_role:
+            return f"message {i} has role {m['role']!r}; expected only {only_role} messages"
+    if only_role:
+        return None
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    if any(m["role"] == "system" for m in turns):
+        return "a system message may only come first"
+    if must_start_user and (not turns or turns[0]["role"] != "user"):
+        return "the conversation must start with a user message (after an optional system message)"
+    for a, b in zip(turns, turns[1:]):
+        if a["role"] == b["role"]:
+            return f"two {a['role']} messages in a row; user and assistant must alternate"
+    if last_role and turns[-1]["role"] != last_role:
+        return f"the last message must be from the {last_role}, not the {turns[-1]['role']}"
+    return None
+
+
+def check_value(value, column: str, conversational: bool, fmt: str) -> str | None:
+    if value is None:
+        return "the value is missing (null)"
+    if conversational:
+        if column == "messages" or fmt == "implicit_preference":  # whole conversations
+            return check_messages(value, must_start_user=True, last_role="assistant")
+        if column == "prompt":
+            return check_messages(value, must_start_user=True, last_role="user")
+        return check_messages(value, must_start_user=False, last_role=None, only_role="assistant")
+    if not isinstance(value, str):
+        return f"expected a string, got {type(value).__name__}"
+    if not value.strip():
+        return "the string is empty"
+    return None
+
+
+def validate_dataset(ds, *, name: str, expected: str | tuple[str, ...] | None = None) -> str:
+    """Detect the format, check it is one the stage takes, then check every row; returns the format."""
+    if len(ds) == 0:
+        raise AlignError(f"{name}: the dataset has no rows.")
+    fmt = detect_format(ds, name=name)
+    if isinstance(expected, str):
+        expected = (expected,)
+    if expected and fmt not in expected:
+        raise AlignError(f"{name} is {DESCRIBE[fmt]} but this stage needs "
+                         + " or ".join(DESCRIBE[e] for e in expected) + ".")
+    conversational = is_conversational(ds)
+    for column in FORMATS[fmt]:
+        for row, value in enumerate(ds[column]):
+            problem = check_value(value, column, conversational, fmt)
+            if problem:
+                raise AlignError(f"{name}: row {row}, column {column!r}: {problem}. Value: {short(value)}")
+    if "chosen" in FORMATS[fmt]:
+        for row, (chosen, rejected) in enumerate(zip(ds["chosen"], ds["rejected"])):
+            if chosen == rejected:
+                raise AlignError(f"{name}: row {row}: chosen and rejected are identical ({short(chosen)}); "
+                                 f"a pair must prefer one response over a different one.")
+    return fmt
