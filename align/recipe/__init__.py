@@ -105,12 +105,17 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
+UNQUOTED_REF = re.compile(r"""(?<!["'])(\$\{stages\.[A-Za-z0-9_\-]+\})(?!["'])""")
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise AlignError(f"recipe {path} does not exist.")
+    # `{model: ${stages.sft}}` is not valid YAML flow syntax unless quoted; quote references for the user.
+    text = UNQUOTED_REF.sub(r'"\1"', path.read_text())
     try:
-        raw = yaml.load(path.read_text(), Loader=Loader)
+        raw = yaml.load(text, Loader=Loader)
     except yaml.YAMLError as e:
         raise AlignError(f"recipe {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -1,0 +1,59 @@
+"""Every stage kind on the micro task: preferences, reward, DPO, GRPO, RLOO, evaluate, report."""
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from align.data import validate_dataset
+from align.recipe import load_recipe
+from align.runner import run_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro_full")
+    recipe = load_recipe(REPO / "tests" / "recipes" / "micro_full.yaml", output_dir=str(out))
+    return out, run_recipe(recipe, echo=lambda *_: None)
+
+
+def test_preferences_are_judged_pairs_of_policy_samples(full_run):
+    out, metrics = full_run
+    pairs = datasets.load_from_disk(str(out / "preferences" / "dataset"))
+    assert validate_dataset(pairs, name="prefs") == "preference"
+    assert all(c > r for c, r in zip(pairs["chosen_score"], pairs["rejected_score"]))
+    assert 0 < metrics["preferences"]["pairs"] <= 48
+    card = (out / "preferences" / "data_card_preferences.md").read_text()
+    assert "pairs kept" in card and "Score gap" in card
+
+
+def test_reward_model_reports_pairwise_accuracy(full_run):
+    _, metrics = full_run
+    assert 0.0 <= metrics["reward"]["pairwise_accuracy"] <= 1.0
+    assert "reward_margin" in metrics["reward"]
+
+
+def test_online_trainers_log_reward_and_kl(full_run):
+    out, metrics = full_run
+    for stage in ("grpo", "rloo"):
+        history = json.loads((out / stage / "trainer_state.json").read_text())["log_history"]
+        assert any("reward" in h for h in history), stage
+        assert any("kl" in h for h in history), stage
+        assert metrics[stage]["reward_last"] is not None
+
+
+def test_evaluation_and_report(full_run):
+    out, metrics = full_run
+    evaluation = metrics["eval"]
+    assert set(evaluation["policies"]) == {"sft", "dpo", "grpo"}
+    assert evaluation["policies"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    for name, m in evaluation["policies"].items():
+        assert m["kl"] is not None and m["bits_per_byte"] > 0, name
+        assert 0 <= m["win_rate"]["ci_low"] <= m["win_rate"]["win_rate"] <= m["win_rate"]["ci_high"] <= 1
+    samples = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 * 16
+    html = (out / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "dpo" in html
