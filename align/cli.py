@@ -22,7 +22,7 @@ def cmd_run(args) -> int:
     results = run_recipe(recipe, only=split_names(args.only), from_stage=args.from_stage, force=args.force)
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    if PartialState().is_main_process:  # initialised by run_recipe
         print(f"align: done. Artifacts under {recipe.output_dir}/: " + ", ".join(results))
     return 0
 

@@ -197,7 +197,10 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
 
     from align.stages import stage_module
 
-    state = PartialState()
+    import torch
+
+    # cpu=True without a GPU: under `accelerate launch --multi_gpu` that gives gloo ranks, as Trainer's use_cpu does.
+    state = PartialState(cpu=not torch.cuda.is_available())
     stages = select_stages(recipe, only, from_stage)
     if state.is_main_process:
         echo(f"align: recipe {recipe.name} -> {recipe.output_dir} | processes: {state.num_processes} "
