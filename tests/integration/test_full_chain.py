@@ -48,12 +48,21 @@ def test_online_trainers_log_reward_and_kl(full_run):
 def test_evaluation_and_report(full_run):
     out, metrics = full_run
     evaluation = metrics["eval"]
-    assert set(evaluation["policies"]) == {"sft", "dpo", "grpo"}
+    assert set(evaluation["policies"]) == {"sft", "ppo", "dpo", "grpo"}
     assert evaluation["policies"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-6)
     for name, m in evaluation["policies"].items():
         assert m["kl"] is not None and m["bits_per_byte"] > 0, name
         assert 0 <= m["win_rate"]["ci_low"] <= m["win_rate"]["win_rate"] <= m["win_rate"]["ci_high"] <= 1
     samples = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 * 16
+    assert len(samples) == 4 * 16
     html = (out / "report" / "report.html").read_text()
-    assert "data:image/png;base64," in html and "dpo" in html
+    assert "data:image/png;base64," in html and "dpo" in html and "ppo" in html
+
+
+def test_ppo_stage_logs_trajectory_and_checkpoints(full_run):
+    out, metrics = full_run
+    history = json.loads((out / "ppo" / "trainer_state.json").read_text())["log_history"]
+    trajectory = [(h["eval/kl"], h["eval/score"]) for h in history if "eval/score" in h]
+    assert len(trajectory) == 2  # eval_steps 2 over 4 iterations
+    assert metrics["ppo"]["iterations"] == 4
+    assert (out / "ppo" / "adapter_model.safetensors").exists() and (out / "ppo" / "value_model").exists()
