@@ -48,3 +48,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def micro_full_run(tmp_path_factory):
+    """Every stage kind once, on tiny slices of the builtin task (about 15 s); shared by several tests."""
+    from align.recipe import load_recipe
+    from align.runner import run_recipe
+
+    out = tmp_path_factory.mktemp("micro_full")
+    recipe = load_recipe(REPO / "tests" / "recipes" / "micro_full.yaml", output_dir=str(out))
+    return out, run_recipe(recipe, echo=lambda *_: None)

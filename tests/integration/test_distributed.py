@@ -15,12 +15,12 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
                     reason="accelerate CLI not installed")
 def test_two_processes_train_together_and_write_once(tmp_path):
-    launcher = str(Path(sys.executable).parent / "accelerate")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    """Through the example launcher script and its accelerate config file."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(
-        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29513",
-         "-m", "align", "run", str(REPO / "tests" / "recipes" / "micro.yaml"), "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300)
+        ["bash", str(REPO / "examples" / "launch_two_processes.sh"), str(REPO / "tests" / "recipes" / "micro.yaml"),
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "processes: 2 (DistributedType.MULTI_CPU)" in output

@@ -1,23 +1,16 @@
 """Every stage kind on the micro task: preferences, reward, DPO, GRPO, RLOO, evaluate, report."""
 
 import json
-from pathlib import Path
 
 import datasets
 import pytest
 
 from align.data import validate_dataset
-from align.recipe import load_recipe
-from align.runner import run_recipe
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("micro_full")
-    recipe = load_recipe(REPO / "tests" / "recipes" / "micro_full.yaml", output_dir=str(out))
-    return out, run_recipe(recipe, echo=lambda *_: None)
+def full_run(micro_full_run):
+    return micro_full_run
 
 
 def test_preferences_are_judged_pairs_of_policy_samples(full_run):
