@@ -1,4 +1,23 @@
-"""PPOConfig: TrainingArguments plus the PPO knobs, named as TRL's old PPOConfig named them."""
+"""PPOConfig: ``transformers.TrainingArguments`` plus the PPO knobs (names follow TRL's old PPOConfig).
+
+Units. ``max_steps`` is the number of PPO *iterations* (one iteration = roll out
+``rollout_batch_size`` prompts on each process, score them, then ``ppo_epochs`` passes of
+``num_mini_batches`` optimizer steps). ``logging_steps``, ``save_steps`` and ``eval_steps`` count
+iterations too (a value below 1 is a fraction of ``max_steps``, as in TrainingArguments). With
+``max_steps <= 0`` the run makes ``num_train_epochs`` passes over the prompts instead.
+``per_device_train_batch_size`` is the micro-batch of every forward/backward: a minibatch larger
+than it is accumulated in micro-batches (``gradient_accumulation_steps`` is not used).
+
+Scores. The judged score s of a response becomes the sequence reward in this order:
+``s' = reward_scale·(s - reward_shift)``; minus ``missing_eos_penalty`` if the response never
+emitted EOS; clipped to ``[-reward_clip, reward_clip]``. Fix ``reward_shift``/``reward_scale`` to
+the mean/std of the reward model's scores on the starting policy's samples to get the normalised
+reward of Huang et al. 2024 (and Ziegler et al. 2019).
+
+Defaults suit small models trained on CPU with LoRA; the learning rate in particular is a
+placeholder: recipes set it (tiny from-scratch models want ~1e-3..1e-2, billion-parameter models
+fully fine-tuned ~1e-6..1e-5).
+"""
 
 from __future__ import annotations
 
@@ -13,43 +32,92 @@ def knob(default, help_text: str):
 
 @dataclass
 class PPOConfig(TrainingArguments):
-    """``max_steps`` counts PPO iterations (rollout + optimisation); ``save_steps``, ``eval_steps`` and
-    ``logging_steps`` count iterations too. Defaults suit small models trained with LoRA."""
-
-    learning_rate: float = knob(5e-4, "AdamW learning rate for the policy (LoRA) and the value model.")
-    max_steps: int = knob(100, "Number of PPO iterations.")
+    # --- TrainingArguments fields whose default or meaning changes here
+    learning_rate: float = knob(1e-4, "AdamW learning rate of the policy (and of the value model unless "
+                                      "value_learning_rate is set). Recipes set it for their model size.")
+    max_steps: int = knob(100, "Number of PPO iterations (rollout + optimisation). <= 0: num_train_epochs passes "
+                               "over the prompts.")
     logging_steps: float = knob(1, "Log every N iterations.")
-    rollout_batch_size: int = knob(16, "Prompts sampled per iteration on each process.")
-    num_mini_batches: int = knob(2, "Minibatches each rollout batch is split into for the updates.")
-    ppo_epochs: int = knob(2, "Passes over each rollout batch.")
-    max_new_tokens: int = knob(48, "Longest response sampled.")
-    temperature: float = knob(1.0, "Sampling temperature; log-probs are computed at the same temperature.")
-    top_k: int = knob(0, "Top-k truncation while sampling (0: none; truncation biases the KL estimate).")
+    save_steps: float = knob(50, "Checkpoint every N iterations (and at the end).")
+    eval_steps: float | None = knob(10, "Evaluate on the fixed eval prompts every N iterations (also before the "
+                                        "first and after the last iteration); None or 0 disables.")
+    per_device_train_batch_size: int = knob(8, "Micro-batch size of every forward/backward pass.")
+
+    # --- rollout
+    rollout_batch_size: int = knob(16, "Prompts sampled per PPO iteration on each process.")
+    max_new_tokens: int = knob(32, "Longest response sampled; a response without EOS by then is truncated.")
+    max_prompt_length: int | None = knob(None, "Keep only the last N prompt tokens (None: no truncation).")
+    temperature: float = knob(1.0, "Sampling temperature; log-probabilities are computed from logits/temperature, "
+                                    "the distribution that sampled.")
+    top_k: int = knob(0, "Top-k truncation while sampling (0: none). Truncation makes the sampled tokens' "
+                         "log-probs differ from the policy's and biases the KL estimate.")
     top_p: float = knob(1.0, "Nucleus truncation while sampling (1.0: none).")
-    kl_coef: float = knob(0.05, "beta: weight of the per-token KL penalty -beta·(log pi - log pi_ref).")
-    adaptive_kl: bool = knob(False, "Adapt beta towards kl_target (Ziegler et al. 2019).")
-    kl_target: float = knob(6.0, "Target KL per response (nats) for the adaptive controller.")
-    kl_horizon: int = knob(10000, "Horizon (in episodes) of the adaptive controller.")
-    kl_estimator: str = knob("k1", "Estimator of the reported KL: k1, k2 or k3 (the penalty always uses k1).")
-    gamma: float = knob(1.0, "Discount factor.")
-    lam: float = knob(0.95, "GAE lambda.")
-    cliprange: float = knob(0.2, "Clip range of the policy ratio.")
-    cliprange_value: float = knob(0.2, "Clip range of the value update.")
-    vf_coef: float = knob(0.1, "Weight of the value loss.")
-    whiten_advantages: bool = knob(True, "Normalise advantages over each rollout batch.")
-    whiten_scores: bool = knob(False, "Normalise sequence scores over each rollout batch before the KL penalty.")
+
+    # --- optimisation
+    num_mini_batches: int = knob(2, "Minibatches (optimizer steps) per pass over a rollout batch.")
+    ppo_epochs: int = knob(4, "Passes over each rollout batch.")
+    cliprange: float = knob(0.2, "Clip range ε of the policy ratio.")
+    cliprange_value: float = knob(0.2, "Clip range of the value update around the rollout's values.")
+    vf_coef: float = knob(0.1, "Weight of the value loss in pg_loss + vf_coef·vf_loss.")
+    value_learning_rate: float | None = knob(None, "Learning rate of the value model (None: learning_rate).")
+    gamma: float = knob(1.0, "Discount factor γ.")
+    lam: float = knob(0.95, "GAE λ.")
+    whiten_advantages: bool = knob(True, "Normalise advantages to mean 0, std 1 over each rollout batch.")
+    whiten_rewards: bool = knob(False, "Scale the per-token rewards to unit std over each rollout batch (mean kept).")
+
+    # --- reward
+    kl_coef: float = knob(0.05, "β: weight of the per-token KL penalty -β·(log π - log π_ref).")
+    adaptive_kl: bool = knob(False, "Adapt β towards kl_target (Ziegler et al. 2019).")
+    kl_target: float = knob(6.0, "Target KL per response (nats, summed over tokens) of the adaptive controller.")
+    kl_horizon: int = knob(10000, "Horizon of the adaptive controller, in episodes (responses).")
+    kl_estimator: str = knob("k1", "KL estimator reported as objective/kl and fed to the adaptive controller: "
+                                   "k1 (log ratio), k2 (½ log ratio²) or k3 ((r-1) - log r). The penalty is always k1.")
+    reward_weights: list[float] | None = knob(None, "Weight of each reward: the reward model first (if any), then "
+                                                    "each reward function (None: all 1).")
+    reward_shift: float = knob(0.0, "Subtracted from the score before scaling: s' = reward_scale·(s - reward_shift).")
+    reward_scale: float = knob(1.0, "Multiplies the shifted score.")
     missing_eos_penalty: float | None = knob(None, "Subtracted from the score of a response that never emits EOS.")
-    reward_clip: float | None = knob(None, "Clip sequence scores to [-reward_clip, reward_clip].")
-    eval_prompts: int = knob(32, "Fixed prompts for the periodic evaluation (reward-vs-KL trajectory).")
-    eval_steps: float | None = knob(10, "Evaluate on the fixed prompts every N iterations.")
-    save_steps: float = knob(20, "Checkpoint every N iterations.")
+    reward_clip: float | None = knob(None, "Clip the final score to [-reward_clip, reward_clip] (None: no clip).")
+
+    # --- models
+    value_model_init: str = knob("reward_model", "Where the value model starts when none is given: reward_model "
+                                                 "(a trained copy of it; the policy's backbone when there is no "
+                                                 "reward model) or policy (the policy's backbone, new scalar head).")
+
+    # --- evaluation
+    eval_prompts: int = knob(32, "Number of fixed prompts (from eval_dataset, else train_dataset) evaluated "
+                                 "every eval_steps: mean score and KL, the reward-vs-KL trajectory.")
 
     def __post_init__(self):
         super().__post_init__()
+        problems = []
         if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
-        if self.rollout_batch_size % self.num_mini_batches:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by "
-                             f"num_mini_batches ({self.num_mini_batches})")
-        if self.max_steps <= 0:
-            raise ValueError("max_steps (the number of PPO iterations) must be positive")
+            problems.append(f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
+        if self.value_model_init not in ("reward_model", "policy"):
+            problems.append(f"value_model_init must be reward_model or policy, not {self.value_model_init!r}")
+        if self.rollout_batch_size < 1 or self.num_mini_batches < 1 or self.ppo_epochs < 1:
+            problems.append("rollout_batch_size, num_mini_batches and ppo_epochs must be positive")
+        elif self.rollout_batch_size % self.num_mini_batches:
+            problems.append(f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by num_mini_batches "
+                            f"({self.num_mini_batches})")
+        else:
+            mini = self.rollout_batch_size // self.num_mini_batches
+            if mini > self.per_device_train_batch_size and mini % self.per_device_train_batch_size:
+                problems.append(f"the minibatch (rollout_batch_size / num_mini_batches = {mini}) must be divisible by "
+                                f"per_device_train_batch_size ({self.per_device_train_batch_size})")
+        if self.temperature <= 0:
+            problems.append("temperature must be positive (PPO needs sampling)")
+        if self.max_new_tokens < 1:
+            problems.append("max_new_tokens must be at least 1")
+        if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon <= 0):
+            problems.append("adaptive_kl needs kl_target > 0 and kl_horizon > 0")
+        if problems:
+            raise ValueError("PPOConfig: " + "; ".join(problems))
+
+    @property
+    def mini_batch_size(self) -> int:
+        return self.rollout_batch_size // self.num_mini_batches
+
+    @property
+    def micro_batch_size(self) -> int:
+        return min(self.per_device_train_batch_size, self.mini_batch_size)

@@ -1,12 +1,15 @@
-"""PPO with a KL penalty, as pure tensor functions (tested against hand computations).
+"""PPO with a KL penalty, as pure tensor functions (each one checked against hand arithmetic in tests).
 
-Shapes: ``(batch, response_length)`` for per-token quantities, with a 0/1 ``mask`` that is 1 for
-the response tokens up to and including the first EOS and 0 for padding after it. Token t of a
-response is the action a_t taken in state s_t = prompt + response[:t].
+Conventions. Per-token tensors have shape ``(batch, response_length)``. Response token ``t`` is the
+action ``a_t`` taken in state ``s_t = prompt + response[:t]``. ``mask`` is 1 on the real response
+tokens -- up to and including the first EOS, or all of them for a response cut off at
+``max_new_tokens`` -- and 0 on the padding after the EOS. Masked positions never leak into a
+result: they are multiplied out or excluded from means.
 
-References: Ziegler et al. 2019 (KL penalty, adaptive controller), Schulman et al. 2016 (GAE),
-Schulman et al. 2017 (clipped objectives), Huang et al. 2024 ("The N+ implementation details of
-RLHF with PPO").
+References: Ziegler et al. 2019 (per-token KL penalty, adaptive controller); Schulman et al. 2016
+(GAE); Schulman et al. 2017 (clipped surrogate); Stiennon et al. 2020 and Ouyang et al. 2022
+(the RLHF recipe); Huang et al. 2024, "The N+ implementation details of RLHF with PPO";
+Schulman 2020, "Approximating KL divergence" (k1/k2/k3).
 """
 
 from __future__ import annotations
@@ -14,66 +17,83 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# ----------------------------------------------------------------------------- masked statistics
+
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """sum(x·m) / sum(m), over ``dim`` or over everything."""
+    """``sum(x·m) / sum(m)`` over ``dim`` (or over everything). An all-masked slice gives 0, not NaN."""
+    mask = mask.to(values.dtype)
     if dim is None:
         return (values * mask).sum() / mask.sum().clamp(min=1)
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
 def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the unmasked entries; unbiased multiplies by n/(n-1) (Bessel)."""
+    """``sum(m·(x - mean)²) / n`` with ``n = sum(m)``; ``unbiased`` divides by ``n - 1`` instead
+    (Bessel). With fewer than two unmasked values the unbiased form falls back to the biased one."""
     mean = masked_mean(values, mask)
     variance = masked_mean((values - mean) ** 2, mask)
-    if unbiased:
-        n = mask.sum()
-        if n < 2:
-            raise ValueError("masked_var needs at least two unmasked values for an unbiased estimate")
+    n = mask.sum()
+    if unbiased and n >= 2:
         variance = variance * n / (n - 1)
     return variance
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-8) over unmasked entries; ``shift_mean=False`` adds the mean back
-    (used for rewards, whose sign carries meaning). Masked entries come out as 0."""
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` with the masked (unbiased) mean and variance. With
+    ``shift_mean=False`` the mean is added back, ``x' = (x - mean)/std + mean``: only the scale
+    changes, so the sign of a reward keeps its meaning. Masked positions come out as 0."""
     mean, var = masked_mean(values, mask), masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask
+    return whitened * mask.to(values.dtype)
+
+
+# ----------------------------------------------------------------------------- responses and EOS
 
 
 def first_true_indices(bools: torch.Tensor) -> torch.Tensor:
-    """Index of the first True in each row; the row length where there is none."""
+    """Index of the first True in each row; the row length where a row has none."""
     length = bools.size(-1)
     positions = torch.arange(length, device=bools.device).expand_as(bools)
     return torch.where(bools, positions, length).min(-1).values
 
 
 def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for tokens up to and including the first EOS, 0 after it (generate pads with anything)."""
+    """1 on every token up to and including the first EOS, 0 after it ("truncate after EOS");
+    a response without EOS is all ones (it was cut off by ``max_new_tokens``)."""
     first_eos = first_true_indices(responses == eos_token_id)
-    positions = torch.arange(responses.size(1), device=responses.device).expand_as(responses)
-    return (positions <= first_eos.unsqueeze(1)).long()
+    positions = torch.arange(responses.size(-1), device=responses.device).expand_as(responses)
+    return (positions <= first_eos.unsqueeze(-1)).long()
+
+
+def truncate_after_eos(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """The responses with every token after the first EOS replaced by ``pad_token_id``."""
+    return torch.where(response_mask(responses, eos_token_id).bool(), responses, pad_token_id)
+
+
+# ----------------------------------------------------------------------------- distributions
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] at every position."""
+    """``log softmax(z)[a] = z_a - logsumexp(z)`` at every position (computed in float32).
+    Sampling at temperature T means the caller passes ``z / T``."""
     return torch.gather(F.log_softmax(logits.float(), dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(z) - sum softmax(z)·z, per position."""
+    """``H = -sum_i p_i log p_i = logsumexp(z) - sum_i p_i z_i`` per position, ``p = softmax(z)``."""
     logits = logits.float()
     return torch.logsumexp(logits, dim=-1) - (F.softmax(logits, dim=-1) * logits).sum(-1)
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """Per-token estimators of KL(pi || ref) from samples of pi (Schulman, "Approximating KL", 2020).
+    """Per-token estimators of KL(pi || ref) from tokens sampled from pi (Schulman 2020):
 
-    k1 = log pi - log ref (unbiased, can be negative); k2 = (log pi - log ref)^2 / 2 (biased, low
-    variance); k3 = (r - 1) - log r with r = ref/pi (unbiased and never negative).
+    - ``k1 = log pi - log ref``: unbiased, high variance, can be negative;
+    - ``k2 = ½ (log pi - log ref)²``: biased (exact to second order), low variance, never negative;
+    - ``k3 = (r - 1) - log r`` with ``r = ref/pi = exp(log ref - log pi)``: unbiased, never negative.
     """
     log_ratio = logp - ref_logp
     if kind == "k1":
@@ -81,25 +101,47 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") ->
     if kind == "k2":
         return 0.5 * log_ratio**2
     if kind == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
+        return torch.expm1(-log_ratio) + log_ratio  # (e^{-Δ} - 1) - (-Δ)
     raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2 or k3")
 
 
-def per_token_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+# ----------------------------------------------------------------------------- rewards and advantages
+
+
+def last_token_indices(mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last real token of each response: ``sum(mask) - 1`` (0 for an empty row)."""
+    return (mask.sum(-1) - 1).clamp(min=0).long()
+
+
+def per_token_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
                       kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """r_t = -beta·(log pi(a_t|s_t) - log ref(a_t|s_t)) at every response token, plus the sequence
-    score at the last real token. Returns (rewards, the KL part alone), both zero on padding."""
+    """Ziegler et al.'s shaped reward:
+
+        r_t = -β·(log pi(a_t|s_t) - log ref(a_t|s_t))  at every response token,
+        r_T += score                                    at the last real token T (the EOS, or the
+                                                        last token of a truncated response).
+
+    Returns ``(rewards, non_score_rewards)`` -- the second is the KL part alone -- both 0 on padding.
+    """
+    mask = mask.to(logp.dtype)
     non_score = -kl_coef * (logp - ref_logp) * mask
-    last = (mask.sum(1) - 1).clamp(min=0).long()
     rewards = non_score.clone()
-    rewards[torch.arange(rewards.size(0), device=rewards.device), last] += scores
+    rows = torch.arange(rewards.size(0), device=rewards.device)
+    rewards[rows, last_token_indices(mask)] += score.to(rewards.dtype)
     return rewards * mask, non_score
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation. delta_t = r_t + gamma·V_{t+1} - V_t with V = 0 after the last
-    token; A_t = delta_t + gamma·lam·A_{t+1}. Returns (advantages, returns = A + V), zero on padding."""
+    """Generalised advantage estimation (Schulman et al. 2016), backwards over the response:
+
+        δ_t = r_t + γ·V_{t+1} - V_t          with V_{T+1} = 0 after the last real token T,
+        A_t = δ_t + γ·λ·A_{t+1}              with A_{T+1} = 0,
+        returns R_t = A_t + V_t              (the value target, λ-return).
+
+    Padding contributes nothing (its values are masked to 0 before use) and gets A = R = 0.
+    """
+    mask = mask.to(values.dtype)
     values = values * mask
     advantages = torch.zeros_like(rewards)
     next_value = torch.zeros_like(rewards[:, 0])
@@ -111,10 +153,20 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
+# ----------------------------------------------------------------------------- losses
+
+
 def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped surrogate: mean of max(-A·ratio, -A·clip(ratio, 1±eps)). Returns (loss, fraction of
-    tokens where the clipped term was the larger, approx KL = mean (log ratio)^2 / 2)."""
+    """Clipped surrogate (Schulman et al. 2017), as a loss to minimise, averaged over real tokens:
+
+        ρ = exp(log pi_new - log pi_old),
+        L = mean_t max(-A_t·ρ_t, -A_t·clip(ρ_t, 1-ε, 1+ε)).
+
+    Returns ``(loss, clipfrac, approx_kl)``: ``clipfrac`` is the share of tokens where the clipped
+    term is strictly the larger (the gradient is cut there); ``approx_kl = ½·mean (log ρ)²`` (the
+    k2 estimator of KL(old || new), as TRL's PPO logged it).
+    """
     log_ratio = new_logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -127,8 +179,13 @@ def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
 
 def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """0.5·mean of max((V - R)^2, (V_clipped - R)^2) with V_clipped = V_old + clip(V - V_old, ±eps).
-    Returns (loss, fraction of tokens where the clipped error was the larger)."""
+    """Clipped value loss (PPO2 baselines / TRL):
+
+        V_clip = V_old + clip(V - V_old, -ε_v, ε_v),
+        L_V = ½·mean_t max((V_t - R_t)², (V_clip_t - R_t)²).
+
+    Returns ``(loss, clipfrac)``, ``clipfrac`` = share of tokens where the clipped error is strictly larger.
+    """
     clipped_values = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
     unclipped_error = (new_values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
@@ -136,11 +193,14 @@ def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return loss, masked_mean((clipped_error > unclipped_error).float(), mask)
 
 
+# ----------------------------------------------------------------------------- KL controllers
+
+
 class FixedKLController:
-    """beta stays where it was set."""
+    """β stays at ``kl_coef``."""
 
     def __init__(self, kl_coef: float):
-        self.value = kl_coef
+        self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:
         pass
@@ -149,16 +209,29 @@ class FixedKLController:
         return {"value": self.value}
 
     def load_state_dict(self, state: dict) -> None:
-        self.value = state["value"]
+        self.value = float(state["value"])
 
 
 class AdaptiveKLController(FixedKLController):
-    """Ziegler et al. 2019: e = clip(KL/target - 1, -0.2, 0.2); beta <- beta·(1 + e·n_steps/horizon)."""
+    """Ziegler et al. 2019, section 2.2: after ``n_steps`` episodes whose mean KL was ``current_kl``,
+
+        e = clip(KL / target - 1, -0.2, 0.2),
+        β ← β·(1 + e·n_steps / horizon).
+    """
 
     def __init__(self, kl_coef: float, target: float, horizon: int):
         super().__init__(kl_coef)
-        self.target, self.horizon = target, horizon
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"the adaptive KL controller needs target > 0 and horizon > 0 (got {target}, {horizon})")
+        self.target, self.horizon = float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> None:
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+        self.target, self.horizon = float(state.get("target", self.target)), int(state.get("horizon", self.horizon))

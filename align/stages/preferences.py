@@ -32,14 +32,16 @@ def form_pairs(prompts: list, responses: list[list[str]], scores: list[list[floa
     """For each prompt, the highest- and lowest-scored of its K responses, if they really differ.
 
     Ties on score (gap <= min_score_gap) or identical texts give no pair: a pair whose two sides
-    are equally good teaches the reward model and DPO nothing but noise.
+    are equally good teaches the reward model and DPO nothing but noise. Empty responses are left
+    out: TRL's formats (and align's row checks) need non-empty turns.
     """
     pairs = []
     for prompt, texts, values in zip(prompts, responses, scores):
-        if len(texts) < 2:
+        candidates = [i for i, text in enumerate(texts) if text.strip()]
+        if len(candidates) < 2:
             continue
-        best = max(range(len(texts)), key=lambda i: (values[i], -i))
-        worst = min(range(len(texts)), key=lambda i: (values[i], i))
+        best = max(candidates, key=lambda i: (values[i], -i))
+        worst = min(candidates, key=lambda i: (values[i], i))
         if values[best] - values[worst] <= min_score_gap or texts[best].strip() == texts[worst].strip():
             continue
         pairs.append({"prompt": prompt, "chosen": texts[best], "rejected": texts[worst],

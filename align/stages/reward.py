@@ -6,6 +6,7 @@ pairs where chosen outscores rejected) and the mean reward margin.
 
 from __future__ import annotations
 
+from align.errors import AlignError
 from align.models import load_sequence_classifier
 from align.stages.sft import lora_config
 
@@ -46,6 +47,9 @@ def run(ctx) -> dict:
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
                             processing_class=tokenizer, peft_config=peft)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    if len(trainer.eval_dataset) == 0:
+        raise AlignError(f"stages.{ctx.name}: every held-out pair is longer than args.max_length={args.max_length} "
+                         f"tokens and was dropped, so accuracy cannot be measured; raise max_length.")
     held_out = trainer.evaluate()
     metrics = {"train_loss": result.training_loss, "pairwise_accuracy": held_out.get("eval_accuracy"),
                "reward_margin": held_out.get("eval_margin"), "eval_pairs": len(evals), "train_pairs": len(train),

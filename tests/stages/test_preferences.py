@@ -34,3 +34,9 @@ def test_conversational_output_and_summary():
     assert row["chosen"] == [{"role": "assistant", "content": "good"}]
     text = describe([row], n_prompts=2, k=4)
     assert "1 pairs kept (50%)" in text and "mean 1.000" in text
+
+
+def test_empty_responses_never_enter_a_pair():
+    pairs = form_pairs(["p"], [["", "ok text", "better text"]], [[-1.0, 0.1, 0.5]])
+    assert pairs[0]["chosen"] == "better text" and pairs[0]["rejected"] == "ok text"
+    assert form_pairs(["p"], [["", "  ", "only one"]], [[-1.0, -1.0, 0.5]]) == []
