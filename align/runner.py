@@ -164,6 +164,14 @@ class StageContext:
         except (TypeError, ValueError) as e:
             raise AlignError(f"{self.where('args')}: {config_class.__name__} rejected the arguments: {e}") from None
 
+    def save(self, trainer, tokenizer) -> None:
+        """Model (or adapter), tokenizer and trainer_state.json into the stage folder. Every process
+        calls the trainer (sharded models gather on all ranks); only the main one writes."""
+        trainer.save_model(str(self.out_dir))
+        trainer.save_state()
+        if self.is_main_process:
+            tokenizer.save_pretrained(self.out_dir)
+
     def resume_checkpoint(self) -> str | None:
         from transformers.trainer_utils import get_last_checkpoint
 

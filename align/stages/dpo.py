@@ -43,8 +43,5 @@ def run(ctx) -> dict:
     metrics.update({k: v for k, v in last.items() if k.startswith(("rewards/", "logps/"))})
     if evals is not None:
         metrics.update(trainer.evaluate())
-    if ctx.is_main_process:
-        trainer.save_model(str(ctx.out_dir))
-        tokenizer.save_pretrained(ctx.out_dir)
-        trainer.save_state()
+    ctx.save(trainer, tokenizer)
     return metrics

@@ -69,10 +69,7 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
                "reward_first": logs[0]["reward"] if logs else None, "reward_last": logs[-1]["reward"] if logs else None,
                "kl_last": logs[-1].get("kl") if logs else None}
-    if ctx.is_main_process:
-        trainer.save_model(str(ctx.out_dir))
-        tokenizer.save_pretrained(ctx.out_dir)
-        trainer.save_state()
+    ctx.save(trainer, tokenizer)
     return metrics
 
 

@@ -41,7 +41,7 @@ def run(ctx) -> dict:
     train = ctx.dataset("dataset", expected="prompt_only", tokenizer=tokenizer)
     evals = ctx.dataset("eval_dataset", expected="prompt_only", tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
     reward_model = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward"))[0] if "reward" in ctx.spec else None
-    args = ctx.config(config_class())
+    args = ctx.config(config_class(), logging_steps=1, save_steps=20)
     trainer = PPOTrainer(model=model, reward_model=reward_model,
                          reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
                          processing_class=tokenizer, args=args, train_dataset=train, eval_dataset=evals,

@@ -106,10 +106,8 @@ def run(ctx) -> dict:
         "train_runtime_s": train_result.metrics.get("train_runtime"),
         "tokens_per_second": tokens_seen / max(train_result.metrics.get("train_runtime", 1e-9), 1e-9),
     }
+    ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
-        trainer.save_model(str(ctx.out_dir))
-        tokenizer.save_pretrained(ctx.out_dir)
-        trainer.save_state()
         print(f"pretrain: held-out loss {eval_loss:.3f}, perplexity {metrics['perplexity']:.1f}, "
               f"{metrics['bits_per_byte']:.3f} bits/byte; {tokens_seen:,} tokens = "
               f"{metrics['tokens_per_parameter']:.1f} per parameter (Chinchilla ~{CHINCHILLA_TOKENS_PER_PARAMETER})")

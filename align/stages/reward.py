@@ -54,13 +54,10 @@ def run(ctx) -> dict:
     metrics = {"train_loss": result.training_loss, "pairwise_accuracy": held_out.get("eval_accuracy"),
                "reward_margin": held_out.get("eval_margin"), "eval_pairs": len(evals), "train_pairs": len(train),
                **held_out}
+    if peft is not None:  # save a plain model: the adapter's temporary base folder is gone
+        trainer.model = trainer.model.merge_and_unload()
+    ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
-        if peft is not None:  # save a plain model: the adapter's temporary base folder is gone
-            trainer.model.merge_and_unload().save_pretrained(ctx.out_dir)
-        else:
-            trainer.save_model(str(ctx.out_dir))
-        tokenizer.save_pretrained(ctx.out_dir)
-        trainer.save_state()
         print(f"reward: held-out pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {len(evals)} pairs, "
               f"margin {metrics['reward_margin']:.3f}")
     return metrics

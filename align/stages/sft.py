@@ -95,10 +95,8 @@ def run(ctx) -> dict:
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
     if evals is not None:
         metrics.update(trainer.evaluate())
+    ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
-        trainer.save_model(str(ctx.out_dir))
-        tokenizer.save_pretrained(ctx.out_dir)
-        trainer.save_state()
         if ctx.spec.get("merge", True) and hasattr(trainer.model, "merge_and_unload"):
             trainer.model.merge_and_unload().save_pretrained(ctx.out_dir / "merged")
             tokenizer.save_pretrained(ctx.out_dir / "merged")
