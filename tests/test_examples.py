@@ -24,7 +24,7 @@ def test_ppo_with_a_custom_reward_function(tmp_path):
     import ppo_custom_reward
 
     trajectory = ppo_custom_reward.main(["--max-steps", "6", "--output-dir", str(tmp_path)])
-    assert [step for step, _, _ in trajectory] == [2, 4, 6]
+    assert [step for step, _, _ in trajectory] == [0, 2, 4, 6]  # evaluated before training too
     assert (tmp_path / "config.json").exists() and (tmp_path / "value_model").exists()
 
 

@@ -60,17 +60,31 @@ def first_true_indices(bools: torch.Tensor) -> torch.Tensor:
     return torch.where(bools, positions, length).min(-1).values
 
 
-def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+def is_stop_token(responses: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
+    """True where a token is the EOS (or any of several stop tokens, e.g. EOS and end-of-turn)."""
+    stops = torch.as_tensor(eos_token_id, device=responses.device).reshape(-1)
+    return torch.isin(responses, stops)
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
     """1 on every token up to and including the first EOS, 0 after it ("truncate after EOS");
-    a response without EOS is all ones (it was cut off by ``max_new_tokens``)."""
-    first_eos = first_true_indices(responses == eos_token_id)
+    a response without EOS is all ones (it was cut off by ``max_new_tokens``). ``eos_token_id``
+    may list several stop tokens."""
+    first_eos = first_true_indices(is_stop_token(responses, eos_token_id))
     positions = torch.arange(responses.size(-1), device=responses.device).expand_as(responses)
     return (positions <= first_eos.unsqueeze(-1)).long()
 
 
-def truncate_after_eos(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+def truncate_after_eos(responses: torch.Tensor, eos_token_id: int | list[int], pad_token_id: int) -> torch.Tensor:
     """The responses with every token after the first EOS replaced by ``pad_token_id``."""
     return torch.where(response_mask(responses, eos_token_id).bool(), responses, pad_token_id)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token counting only the real ones, ``cumsum(mask) - 1`` (0 on left padding),
+    as ``generate`` assigns them; scoring a left-padded batch with any other positions would not
+    give the log-probs of the distribution that sampled."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 # ----------------------------------------------------------------------------- distributions
@@ -113,6 +127,20 @@ def last_token_indices(mask: torch.Tensor) -> torch.Tensor:
     return (mask.sum(-1) - 1).clamp(min=0).long()
 
 
+def shape_scores(scores: torch.Tensor, has_eos: torch.Tensor, *, scale: float = 1.0, shift: float = 0.0,
+                 missing_eos_penalty: float | None = None, clip: float | None = None) -> torch.Tensor:
+    """The sequence reward from the judged score, in this order:
+
+        s' = scale·(s - shift)  -  missing_eos_penalty·[response has no EOS],  clipped to [-clip, clip].
+    """
+    shaped = scale * (scores - shift)
+    if missing_eos_penalty is not None:
+        shaped = shaped - missing_eos_penalty * (~has_eos.bool()).to(shaped.dtype)
+    if clip is not None:
+        shaped = shaped.clamp(-clip, clip)
+    return shaped
+
+
 def per_token_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
                       kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Ziegler et al.'s shaped reward:
@@ -151,6 +179,11 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
         next_value, next_advantage = values[:, t], advantages[:, t]
     return advantages, (advantages + values) * mask
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - Var(R - V) / Var(R)`` over real tokens: 1 for a perfect critic, 0 for a constant one."""
+    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
 
 
 # ----------------------------------------------------------------------------- losses

@@ -1,18 +1,36 @@
-"""PPOTrainer: rollout -> score -> per-token rewards -> GAE -> clipped updates, under accelerate.
+"""PPOTrainer: sample -> score -> per-token KL-penalised rewards -> GAE -> clipped PPO updates.
 
-The policy and value model live in one module (so one DDP wrapper and one optimiser serve both).
-With a LoRA policy the reference is the same weights with the adapter disabled. The value model
-starts from the reward model (InstructGPT) or, without one, from the policy's backbone with a new
-scalar head. Prompts are drawn by iteration number from seeded permutations, so a resumed run
-sees exactly the prompts an uninterrupted one would.
+A self-contained loop under ``accelerate`` that keeps transformers' ``TrainerState``,
+``TrainerControl`` and callbacks, so ``report_to`` integrations, user callbacks and
+``trainer_state.json`` work as with any Trainer. One step (``global_step``) is one PPO iteration.
+
+- Policy and value model sit in one module (one DDP wrapper, one AdamW with a param group each).
+- The value model is a sequence classifier used per token: its scalar head on the hidden state at
+  the position whose logits sample ``a_t`` gives ``V(s_t)``. It starts as a copy of the reward
+  model (InstructGPT) or, without one, as the policy's backbone with a new scalar head.
+- LoRA policy: the reference is the same weights with the adapter disabled. Otherwise a frozen copy.
+- Dropout is switched off everywhere (Huang et al. 2024), so the first minibatch's ratio is exactly 1.
+- Prompt order is a pure function of (seed, iteration, rank): a resumed run sees what an
+  uninterrupted one would.
+
+Metrics (TRL's names; per-response quantities are sums over the response's tokens, then means
+over all processes' responses): ``objective/kl`` (args.kl_estimator), ``objective/entropy`` (exact
+per-token entropy of the sampling distribution, summed), ``objective/non_score_reward`` (-β·k1),
+``objective/scores`` (the weighted judges' raw score, before shift/scale/EOS penalty/clip),
+``objective/rlhf_reward`` (shaped score + non-score reward: what PPO maximises),
+``policy/approxkl_avg`` (½·mean (log ratio)² over the updates), clip fractions, losses,
+``val/ratio``, ``val/var_explained``, ``val/num_eos_tokens`` (responses that ended, summed),
+``response_length``, ``kl_coef`` (the β used for this batch), ``lr``, ``episode``, ``time/*``;
+``eval/score`` and ``eval/kl`` (k1) from :meth:`PPOTrainer.evaluate`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -20,69 +38,67 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import (AutoModelForSequenceClassification, DefaultFlowCallback, TrainerControl, TrainerState,
-                          get_scheduler)
+from transformers import AutoModelForSequenceClassification, TrainerControl, TrainerState, get_scheduler
 from transformers.integrations import get_reporting_integration_callbacks
-from transformers.trainer_callback import CallbackHandler
+from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint, rotate_checkpoints, set_seed
 
 from align.ppo import core
 from align.ppo.config import PPOConfig
 
-STATE_FILE = "ppo_state.pt"
+VALUE_DIR, PPO_STATE = "value_model", "ppo_state.pt"
+EVAL_SEED = 1_000_003  # added to args.seed: the eval prompts are sampled with the same seed every time
+
+
+def disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 class PolicyAndValue(nn.Module):
-    """forward(ids, mask) -> (policy logits, per-position values V(s) from the value model)."""
+    """``forward(ids, mask, n)`` -> (policy logits that sample the last ``n`` tokens, values V(s_t) for them)."""
 
     def __init__(self, policy: nn.Module, value_model: nn.Module):
         super().__init__()
         self.policy, self.value_model = policy, value_model
+        if not hasattr(value_model, "score"):
+            raise ValueError("the value model must be a decoder sequence classifier with a `score` head "
+                             "(e.g. LlamaForSequenceClassification)")
 
-    def forward(self, input_ids, attention_mask):
-        positions = position_ids(attention_mask)
+    def forward(self, input_ids, attention_mask, response_length: int):
+        positions = core.position_ids(attention_mask)
+        # The logits at position p sample token p+1: the last n tokens come from positions -n-1 .. -2.
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                             use_cache=False).logits
+                             use_cache=False, logits_to_keep=response_length + 1).logits[:, :-1]
         hidden = self.value_model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                             position_ids=positions).last_hidden_state
-        return logits, self.value_model.score(hidden).squeeze(-1)
+                                             position_ids=positions, use_cache=False).last_hidden_state
+        values = self.value_model.score(hidden[:, -response_length - 1:-1]).squeeze(-1)
+        return logits, values.float()
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as ``generate`` computes them: otherwise the log-probs
-    scored after sampling are not those of the distribution that sampled."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def value_model_from(model: nn.Module) -> nn.Module:
-    """A scalar-head classifier sharing ``model``'s architecture and backbone weights."""
-    if hasattr(model, "score"):  # already a sequence classifier (the reward model)
-        return copy.deepcopy(model)
+def value_model_from_policy(model: nn.Module) -> nn.Module:
+    """A scalar-head classifier of the policy's architecture holding the policy's backbone weights."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = copy.deepcopy(base.config)
     config.num_labels = 1
     value = AutoModelForSequenceClassification.from_config(config)
-    # Under LoRA the backbone's weights sit in `base_layer`s; the value model takes the frozen base.
+    # A peft-wrapped policy keeps the frozen weights in `base_layer`s; the value model takes those.
     weights = {k.replace(".base_layer", ""): v for k, v in base.base_model.state_dict().items() if "lora_" not in k}
     value.base_model.load_state_dict(weights)
-    return value
+    return value.to(next(base.parameters()).device)
 
 
-def prompt_texts(dataset, tokenizer) -> list[str]:
-    """TRL prompt-only formats: conversational prompts get the chat template, strings are kept."""
-    return [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) if isinstance(p, list) else p
-            for p in dataset["prompt"]]
-
-
-def load_weights(model: nn.Module, folder: Path) -> None:
-    """Weights written by save_pretrained; only tied copies (lm_head of tied embeddings) may be absent."""
+def load_weights(model: nn.Module, file: Path) -> None:
     from safetensors.torch import load_file
 
-    result = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    result = model.load_state_dict(load_file(str(file)), strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in result.missing_keys if k not in tied and not k.startswith("lm_head")]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing}, "
-                           f"unexpected {result.unexpected_keys}")
+        raise ValueError(f"{file} does not match the model: missing {missing}, unexpected {result.unexpected_keys}")
 
 
 class PPOTrainer:
@@ -91,301 +107,398 @@ class PPOTrainer:
                  peft_config=None, callbacks=None):
         from accelerate import Accelerator
 
-        from transformers import set_seed
+        from align.eval.judges import RewardModelJudge
+        from align.models import load_causal_lm, load_sequence_classifier, load_tokenizer
 
-        self.args = args or PPOConfig(output_dir="ppo")
+        self.args = args = args if args is not None else PPOConfig(output_dir="ppo_output")
         if reward_model is None and not reward_funcs:
-            raise ValueError("PPOTrainer needs a reward_model, reward_funcs, or both")
-        set_seed(self.args.seed)  # the value head's init, then sampling: a run is a function of its seed
-        self.accelerator = Accelerator(cpu=self.args.use_cpu, mixed_precision="bf16" if self.args.bf16 else "no")
-        self.tokenizer = processing_class
-        if isinstance(model, (str, os.PathLike)):
-            from align.models import load_causal_lm, load_tokenizer
+            raise ValueError("PPOTrainer needs a reward: a reward_model, reward_funcs, or both")
+        if train_dataset is None:
+            raise ValueError("PPOTrainer needs a train_dataset of prompts")
+        set_seed(args.seed)
+        cuda = torch.cuda.is_available() and not args.use_cpu
+        precision = "bf16" if args.bf16 and cuda and torch.cuda.is_bf16_supported() else "fp16" if args.fp16 and cuda else "no"
+        self.accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
+        device, world = self.accelerator.device, self.accelerator.num_processes
 
-            self.tokenizer = self.tokenizer or load_tokenizer(model)
+        if isinstance(model, (str, os.PathLike)):
+            processing_class = processing_class or load_tokenizer(model)
             model = load_causal_lm(model)
+        if processing_class is None:
+            raise ValueError("PPOTrainer needs processing_class (the policy's tokenizer)")
+        self.tokenizer = tok = processing_class
+        if tok.eos_token_id is None:
+            raise ValueError("the tokenizer needs an eos_token: responses end there")
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        # stop on EOS and on whatever else the model's generation config stops on (e.g. an end-of-turn token)
+        extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.stop_ids = sorted({tok.eos_token_id, *([extra] if isinstance(extra, int) else extra or [])})
+        # reward model(s) and reward functions, in the order of args.reward_weights
+        self.judge = None
+        if reward_model is not None:
+            reward_tok = tok  # a reward model object is assumed to share the policy's tokenizer
+            if isinstance(reward_model, (str, os.PathLike)):
+                reward_model, reward_tok = load_sequence_classifier(reward_model, field="reward_model")
+            self.judge = RewardModelJudge(reward_model.to(device), reward_tok)
+        if callable(reward_funcs):
+            reward_funcs = [reward_funcs]
+        self.reward_funcs = list(reward_funcs or [])
+        n_rewards = (self.judge is not None) + len(self.reward_funcs)
+        self.reward_weights = list(args.reward_weights or [1.0] * n_rewards)
+        if len(self.reward_weights) != n_rewards:
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {n_rewards} rewards")
+        # value model: given, a copy of the reward model, or the policy's backbone (before LoRA is added)
+        if isinstance(value_model, (str, os.PathLike)):
+            value_model = load_sequence_classifier(value_model, field="value_model")[0]
+        if value_model is None and self.judge is not None and args.value_model_init == "reward_model":
+            value_model = copy.deepcopy(self.judge.model)
+            if value_model.get_input_embeddings().num_embeddings != model.get_input_embeddings().num_embeddings:
+                raise ValueError("the reward model's vocabulary differs from the policy's, so the value model cannot "
+                                 "start from it; set value_model_init='policy' or pass a value_model")
+        value_model = value_model if value_model is not None else value_model_from_policy(model)
+        value_model.config.pad_token_id = tok.pad_token_id
         if peft_config is not None:
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
         self.is_peft = hasattr(model, "disable_adapter")
-        self.ref_model = None if self.is_peft else (ref_model or copy.deepcopy(model))
-        if self.ref_model is not None:
-            self.ref_model.eval().requires_grad_(False).to(self.accelerator.device)
-        value_model = value_model or value_model_from(reward_model if reward_model is not None else model)
-        value_model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.reward_funcs = list(reward_funcs or [])
-        self.reward_judge = None
-        if reward_model is not None:
-            from align.eval.judges import RewardModelJudge
+        if isinstance(ref_model, (str, os.PathLike)):
+            ref_model = load_causal_lm(ref_model)
+        self.ref_model = ref_model if ref_model is not None or self.is_peft else copy.deepcopy(model)
+        for frozen in (self.ref_model, self.judge.model if self.judge else None):
+            if frozen is not None:
+                frozen.eval().requires_grad_(False).to(device)
+        for m in (model, value_model, self.ref_model):
+            if m is not None:
+                disable_dropout(m)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        value_model.requires_grad_(True)
 
-            reward_model.eval().requires_grad_(False).to(self.accelerator.device)
-            self.reward_judge = RewardModelJudge(reward_model, self.tokenizer)
-        self.train_prompts, self.train_rows = prompt_texts(train_dataset, self.tokenizer), train_dataset["prompt"]
+        # prompts: TRL's prompt-only formats, tokenised once (conversational -> chat template + generation prompt)
+        self.train_rows, self.train_ids = self._prompts(train_dataset, "train_dataset")
         evals = eval_dataset if eval_dataset is not None else train_dataset
-        n_eval = min(self.args.eval_prompts, len(evals))
-        self.eval_prompts, self.eval_rows = prompt_texts(evals, self.tokenizer)[:n_eval], evals["prompt"][:n_eval]
+        rows, ids = self._prompts(evals.select(range(min(args.eval_prompts, len(evals)))), "eval_dataset")
+        self.eval_rows, self.eval_ids = rows[self.accelerator.process_index::world], ids[self.accelerator.process_index::world]
+        self.episodes_per_step = args.rollout_batch_size * world
+        max_steps = args.max_steps if args.max_steps > 0 else \
+            math.ceil(args.num_train_epochs * len(self.train_ids) / self.episodes_per_step)
 
         self.model = PolicyAndValue(model, value_model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.args.learning_rate, weight_decay=self.args.weight_decay,
-                                           betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
-        updates = self.args.max_steps * self.args.ppo_epochs * self.args.num_mini_batches
-        self.scheduler = get_scheduler(self.args.lr_scheduler_type, self.optimizer,
-                                       num_warmup_steps=self.args.get_warmup_steps(updates), num_training_steps=updates)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, self.optimizer, self.scheduler)
-        self.kl_ctl = (core.AdaptiveKLController(self.args.kl_coef, self.args.kl_target, self.args.kl_horizon)
-                       if self.args.adaptive_kl else core.FixedKLController(self.args.kl_coef))
-        self.state = TrainerState(max_steps=self.args.max_steps, logging_steps=self.args.logging_steps,
-                                  save_steps=self.args.save_steps, eval_steps=self.args.eval_steps,
-                                  is_local_process_zero=self.accelerator.is_local_main_process,
-                                  is_world_process_zero=self.accelerator.is_main_process)
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
+                  {"params": list(value_model.parameters()), "lr": args.value_learning_rate or args.learning_rate}]
+        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                      eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        updates = max_steps * args.ppo_epochs * args.num_mini_batches
+        # not prepared: accelerate would step a prepared scheduler once per process
+        self.scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(updates),
+                                       num_training_steps=updates, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.kl_ctl = (core.AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon) if args.adaptive_kl
+                       else core.FixedKLController(args.kl_coef))
+        self.state = self._new_state(max_steps)
         self.control = TrainerControl()
-        reporters = get_reporting_integration_callbacks(self.args.report_to)
-        self.callback_handler = CallbackHandler([DefaultFlowCallback, *reporters, *(callbacks or [])], self.unwrapped.policy, self.tokenizer,
-                                                self.optimizer, self.scheduler)
-        self.prompts_seen: list[int] = []  # dataset indices, in order (for tests and audits)
-        set_seed(self.args.seed + self.accelerator.process_index)  # each rank samples its own responses
+        self.callback_handler = CallbackHandler(
+            [DefaultFlowCallback, *get_reporting_integration_callbacks(args.report_to), *(callbacks or [])],
+            model, tok, self.optimizer, self.scheduler)
+        self.prompts_seen: list[int] = []  # dataset indices rolled out by this process, in order
+        self._permutations: dict[int, list[int]] = {}
+        self.control = self.callback_handler.on_init_end(args, self.state, self.control)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def policy(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model).policy
 
     @property
-    def unwrapped(self) -> PolicyAndValue:
-        return self.accelerator.unwrap_model(self.model)
+    def value_model(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model).value_model
 
-    # ------------------------------------------------------------------ rollout
+    def _new_state(self, max_steps: int) -> TrainerState:
+        state = TrainerState(is_local_process_zero=self.accelerator.is_local_main_process,
+                             is_world_process_zero=self.accelerator.is_main_process)
+        state.max_steps, state.train_batch_size = max_steps, self.args.rollout_batch_size
+        state.num_train_epochs = math.ceil(max_steps * self.episodes_per_step / len(self.train_ids))
+        state.compute_steps(self.args, max_steps)
+        if not self.args.eval_steps:
+            state.eval_steps = 0
+        return state
+
+    def _prompts(self, dataset, where: str) -> tuple[list, list[list[int]]]:
+        if "prompt" not in dataset.column_names:
+            raise ValueError(f"{where}: PPO needs prompt-only data with a 'prompt' column (a string, or a list of "
+                             f"messages); the columns are {dataset.column_names}")
+        rows = list(dataset["prompt"])
+        texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                 if isinstance(p, list) else p for p in rows]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if self.args.max_prompt_length:
+            ids = [x[-self.args.max_prompt_length:] for x in ids]
+        return rows, ids
+
     def prompt_indices(self, iteration: int) -> list[int]:
-        """Prompts for (iteration, rank): consecutive slices of per-epoch seeded permutations."""
-        n, size = len(self.train_prompts), self.args.rollout_batch_size
-        start = (iteration * self.accelerator.num_processes + self.accelerator.process_index) * size
+        """This process's prompts for ``iteration``: consecutive slices of per-epoch seeded permutations."""
+        n, size = len(self.train_ids), self.args.rollout_batch_size
+        start = iteration * self.episodes_per_step + self.accelerator.process_index * size
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         indices = []
         for position in range(start, start + size):
             epoch, offset = divmod(position, n)
-            generator = torch.Generator().manual_seed(self.args.seed + epoch)
-            indices.append(int(torch.randperm(n, generator=generator)[offset]))
+            if epoch not in self._permutations:
+                self._permutations = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()}
+            indices.append(self._permutations[epoch][offset])
         return indices
 
-    def forward_logprobs(self, model: nn.Module, input_ids, attention_mask, context: int) -> torch.Tensor:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                       use_cache=False).logits
-        logits = logits[:, context - 1:-1] / self.args.temperature
-        return core.logprobs_from_logits(logits, input_ids[:, context:])
+    def _mean(self, tensor: torch.Tensor, reduction: str = "mean") -> float:
+        """Mean over this process, then mean (or sum) over processes."""
+        value = tensor.detach().float().mean() if reduction == "mean" else tensor.detach().float().sum()
+        return self.accelerator.reduce(value.to(self.accelerator.device), reduction=reduction).item()
 
+    # ------------------------------------------------------------------ rollout and scoring
     @torch.no_grad()
-    def sample(self, prompts: list[str], seed: int | None = None) -> dict:
-        """Left-padded prompts -> sampled responses with their mask, logprobs, reference logprobs, values."""
-        tok = self.tokenizer
-        enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        width = max(map(len, enc))
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in enc], device=self.accelerator.device)
-        prompt_mask = (torch.arange(width, device=ids.device) >= torch.tensor([width - len(e) for e in enc],
-                                                                                device=ids.device)[:, None]).long()
-        policy = self.unwrapped.policy
-        policy.eval()
-        if seed is not None:
-            torch.manual_seed(seed)
-        out = policy.generate(input_ids=ids, attention_mask=prompt_mask, do_sample=True,
-                              temperature=self.args.temperature, top_k=self.args.top_k, top_p=self.args.top_p,
-                              max_new_tokens=self.args.max_new_tokens, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id)
-        responses = out[:, width:]
-        mask = core.response_mask(responses, tok.eos_token_id)
-        responses = torch.where(mask.bool(), responses, tok.pad_token_id)
-        full = torch.cat([ids, responses], 1)
-        attention = torch.cat([prompt_mask, mask], 1)
-        logits, values = self.model(full, attention)
-        logprobs = core.logprobs_from_logits(logits[:, width - 1:-1] / self.args.temperature, responses)
-        entropy = core.entropy_from_logits(logits[:, width - 1:-1] / self.args.temperature)
-        if self.is_peft:
-            with policy.disable_adapter():
-                ref_logprobs = self.forward_logprobs(policy, full, attention, width)
-        else:
-            ref_logprobs = self.forward_logprobs(self.ref_model, full, attention, width)
-        texts = tok.batch_decode(responses, skip_special_tokens=True)
-        has_eos = (responses == tok.eos_token_id).any(1)
-        return {"input_ids": full, "attention_mask": attention, "mask": mask.float(), "context": width,
-                "logprobs": logprobs * mask, "ref_logprobs": ref_logprobs * mask, "values": values[:, width - 1:-1] * mask,
-                "entropy": entropy, "texts": texts, "has_eos": has_eos}
+    def rollout(self, prompt_ids: list[list[int]]) -> dict:
+        """Sample responses to left-padded prompts; score their log-probs, reference log-probs and values."""
+        args, tok, device = self.args, self.tokenizer, self.accelerator.device
+        width = max(map(len, prompt_ids))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompt_ids], device=device)
+        prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+        policy = self.policy.eval()
+        with self.accelerator.autocast():
+            out = policy.generate(input_ids=ids, attention_mask=prompt_mask, do_sample=True, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                                  repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
+                                  eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id, use_cache=True)
+        mask = core.response_mask(out[:, width:], self.stop_ids)  # truncate after the first EOS
+        responses = torch.where(mask.bool(), out[:, width:], tok.pad_token_id)
+        batch = {"input_ids": torch.cat([ids, responses], 1), "attention_mask": torch.cat([prompt_mask, mask], 1),
+                 "responses": responses, "mask": mask.float()}
+        n, parts = responses.size(1), {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
+        for i in range(0, len(prompt_ids), args.micro_batch_size):
+            ids_i, att_i, resp_i = (batch[k][i:i + args.micro_batch_size] for k in ("input_ids", "attention_mask", "responses"))
+            with self.accelerator.autocast():
+                logits, values = self.accelerator.unwrap_model(self.model)(ids_i, att_i, n)
+                logits = logits.float() / args.temperature
+                ref_model = policy if self.ref_model is None else self.ref_model
+                with policy.disable_adapter() if self.ref_model is None else contextlib.nullcontext():
+                    ref = ref_model(input_ids=ids_i, attention_mask=att_i, position_ids=core.position_ids(att_i),
+                                    use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
+            parts["logprobs"].append(core.logprobs_from_logits(logits, resp_i))
+            parts["ref_logprobs"].append(core.logprobs_from_logits(ref.float() / args.temperature, resp_i))
+            parts["values"].append(values)
+            parts["entropy"].append(core.entropy_from_logits(logits))
+        for key, chunks in parts.items():
+            batch[key] = torch.cat(chunks) * batch["mask"]
+        return batch
 
     def score(self, rows: list, texts: list[str]) -> torch.Tensor:
-        """Reward model score plus every reward function, per response."""
+        """Weighted sum of the reward model's score and each reward function's, per response."""
+        outputs = ([self.judge.score(rows, texts)] if self.judge is not None else []) + [f(rows, texts) for f in self.reward_funcs]
         total = torch.zeros(len(texts))
-        if self.reward_judge is not None:
-            total += torch.tensor(self.reward_judge.score(rows, texts), dtype=torch.float)
-        for func in self.reward_funcs:
-            total += torch.tensor(func(rows, texts), dtype=torch.float)
+        for weight, values in zip(self.reward_weights, outputs):
+            total += weight * torch.tensor([float(v) for v in values])
         return total.to(self.accelerator.device)
 
-    # ------------------------------------------------------------------ one iteration
-    def iteration(self, step: int) -> dict:
+    # ------------------------------------------------------------------ one PPO iteration
+    def iteration(self) -> dict:
         args = self.args
-        indices = self.prompt_indices(step)
-        self.prompts_seen += indices
         started = time.time()
-        batch = self.sample([self.train_prompts[i] for i in indices])
+        indices = self.prompt_indices(self.state.global_step)
+        self.prompts_seen += indices
+        batch = self.rollout([self.train_ids[i] for i in indices])
         generated = time.time()
-        scores = self.score([self.train_rows[i] for i in indices], batch["texts"])
-        raw_scores = scores.clone()
-        if args.missing_eos_penalty is not None:
-            scores = scores - args.missing_eos_penalty * (~batch["has_eos"]).float()
-        if args.reward_clip is not None:
-            scores = scores.clamp(-args.reward_clip, args.reward_clip)
-        if args.whiten_scores:
-            scores = core.masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
-        mask = batch["mask"]
-        rewards, non_score = core.per_token_rewards(scores, batch["logprobs"], batch["ref_logprobs"], mask, self.kl_ctl.value)
+        texts = self.tokenizer.batch_decode(batch["responses"], skip_special_tokens=True)
+        raw_scores = self.score([self.train_rows[i] for i in indices], texts)
+        has_eos = (core.is_stop_token(batch["responses"], self.stop_ids) & batch["mask"].bool()).any(1)
+        scores = core.shape_scores(raw_scores, has_eos, scale=args.reward_scale, shift=args.reward_shift,
+                                   missing_eos_penalty=args.missing_eos_penalty, clip=args.reward_clip)
+        mask, beta = batch["mask"], self.kl_ctl.value
+        rewards, non_score = core.per_token_rewards(scores, batch["logprobs"], batch["ref_logprobs"], mask, beta)
+        if args.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = core.gae(rewards, batch["values"], mask, args.gamma, args.lam)
         if args.whiten_advantages:
             advantages = core.masked_whiten(advantages, mask)
         scored = time.time()
+        stats = self.optimise(batch, advantages, returns)
 
-        stats = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approx_kl", "ratio")}
-        size = args.rollout_batch_size // args.num_mini_batches
-        self.model.train()
-        for _ in range(args.ppo_epochs):
-            order = torch.randperm(args.rollout_batch_size, device=mask.device)  # fresh minibatches every epoch
-            for start in range(0, args.rollout_batch_size, size):
-                mb = order[start:start + size]
-                logits, values = self.model(batch["input_ids"][mb], batch["attention_mask"][mb])
-                context = batch["context"]
-                new_logp = core.logprobs_from_logits(logits[:, context - 1:-1] / args.temperature,
-                                                     batch["input_ids"][mb][:, context:])
-                pg_loss, pg_clipfrac, approx_kl = core.policy_loss(new_logp, batch["logprobs"][mb], advantages[mb],
-                                                                   mask[mb], args.cliprange)
-                vf_loss, vf_clipfrac = core.value_loss(values[:, context - 1:-1], batch["values"][mb], returns[mb],
-                                                       mask[mb], args.cliprange_value)
-                self.accelerator.backward(pg_loss + args.vf_coef * vf_loss)
-                if args.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad()
-                ratio = core.masked_mean(torch.exp(new_logp - batch["logprobs"][mb]), mask[mb])
-                for key, value in zip(stats, (pg_loss, vf_loss, pg_clipfrac, vf_clipfrac, approx_kl, ratio)):
-                    stats[key].append(value.detach())
-
-        kl_tokens = core.kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask
-        mean = lambda t: self.accelerator.reduce(t.detach().float().mean(), reduction="mean").item()  # noqa: E731
-        global_kl = mean(kl_tokens.sum(1))
-        self.kl_ctl.update(mean((batch["logprobs"] - batch["ref_logprobs"]).sum(1)),
-                           args.rollout_batch_size * self.accelerator.num_processes)
+        kl = (core.kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask).sum(1)
+        mean_kl = self._mean(kl)  # global mean over all processes' responses: what the controller sees
+        self.kl_ctl.update(mean_kl, self.episodes_per_step)
         return {
-            "objective/kl": global_kl,
-            "objective/entropy": mean(core.masked_mean(batch["entropy"], mask, dim=1)),
-            "objective/non_score_reward": mean(non_score.sum(1)),
-            "objective/scores": mean(raw_scores),
-            "objective/rlhf_reward": mean(scores + non_score.sum(1)),
-            "policy/approxkl_avg": mean(torch.stack(stats["approx_kl"])),
-            "policy/clipfrac_avg": mean(torch.stack(stats["pg_clipfrac"])),
-            "loss/policy_avg": mean(torch.stack(stats["pg_loss"])),
-            "loss/value_avg": mean(torch.stack(stats["vf_loss"])),
-            "val/clipfrac_avg": mean(torch.stack(stats["vf_clipfrac"])),
-            "val/ratio": mean(torch.stack(stats["ratio"])),
-            "val/num_eos_tokens": mean(batch["has_eos"].float()) * len(indices),
-            "response_length": mean(mask.sum(1)),
-            "kl_coef": self.kl_ctl.value,
+            "objective/kl": mean_kl,
+            "objective/entropy": self._mean(batch["entropy"].sum(1)),
+            "objective/non_score_reward": self._mean(non_score.sum(1)),
+            "objective/scores": self._mean(raw_scores),
+            "objective/rlhf_reward": self._mean(scores + non_score.sum(1)),
+            **{name: self._mean(torch.stack(values)) for name, values in stats.items()},
+            "val/var_explained": self._mean(core.explained_variance(batch["values"], returns, mask)),
+            "val/num_eos_tokens": self._mean(has_eos, reduction="sum"),
+            "response_length": self._mean(mask.sum(1)),
+            "kl_coef": beta,
             "lr": self.scheduler.get_last_lr()[0],
-            "episode": (step + 1) * args.rollout_batch_size * self.accelerator.num_processes,
+            "episode": (self.state.global_step + 1) * self.episodes_per_step,
             "time/generation": generated - started,
             "time/scoring": scored - generated,
             "time/optimization": time.time() - scored,
         }
 
+    def optimise(self, batch: dict, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, list]:
+        """``ppo_epochs`` passes of ``num_mini_batches`` AdamW steps (each accumulated over micro-batches)."""
+        args, size = self.args, batch["responses"].size(0)
+        mini, micro, n = size // args.num_mini_batches, args.micro_batch_size, batch["responses"].size(1)
+        names = ("policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
+                 "val/clipfrac_avg", "val/ratio")
+        stats = {name: [] for name in names}
+        self.model.train()
+        for _ in range(args.ppo_epochs):
+            order = torch.randperm(size, device=advantages.device)  # fresh minibatches every epoch
+            for start in range(0, size, mini):
+                for micro_start in range(start, start + mini, micro):
+                    idx = order[micro_start:micro_start + micro]
+                    last = micro_start + micro >= start + mini
+                    with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                        logits, values = self.model(batch["input_ids"][idx], batch["attention_mask"][idx], n)
+                        new_logp = core.logprobs_from_logits(logits.float() / args.temperature, batch["responses"][idx])
+                        old_logp, m = batch["logprobs"][idx], batch["mask"][idx]
+                        pg_loss, pg_clipfrac, approx_kl = core.policy_loss(new_logp, old_logp, advantages[idx], m, args.cliprange)
+                        vf_loss, vf_clipfrac = core.value_loss(values, batch["values"][idx], returns[idx], m,
+                                                               args.cliprange_value)
+                        self.accelerator.backward((pg_loss + args.vf_coef * vf_loss) * len(idx) / mini)
+                    ratio = core.masked_mean(torch.exp(new_logp - old_logp), m)
+                    for name, value in zip(names, (approx_kl, pg_clipfrac, pg_loss, vf_loss, vf_clipfrac, ratio)):
+                        stats[name].append(value.detach())
+                if args.max_grad_norm:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        return stats
+
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean score and KL (k1, summed per response) on the fixed eval prompts, fixed sampling seed."""
-        with torch.random.fork_rng(devices=[]):
-            batch = self.sample(self.eval_prompts, seed=self.args.seed + 12345)
-        scores = self.score(self.eval_rows, batch["texts"])
-        kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["mask"]).sum(1)
-        return {"eval/score": scores.mean().item(), "eval/kl": kl.mean().item()}
+        """Mean score (weighted judges, before shaping) and mean KL (k1 summed over the response) of
+        the policy's samples on the fixed eval prompts, drawn with the same seed every time."""
+        totals = torch.zeros(3, device=self.accelerator.device)
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.args.seed + EVAL_SEED + self.accelerator.process_index)
+            for i in range(0, len(self.eval_ids), self.args.rollout_batch_size):
+                chunk = slice(i, i + self.args.rollout_batch_size)
+                batch = self.rollout(self.eval_ids[chunk])
+                scores = self.score(self.eval_rows[chunk], self.tokenizer.batch_decode(batch["responses"], skip_special_tokens=True))
+                kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["mask"]).sum(1)
+                totals += torch.stack([scores.sum(), kl.sum(), torch.tensor(float(len(kl)), device=kl.device)])
+        score, kl, count = self.accelerator.reduce(totals, reduction="sum").tolist()
+        return {"eval/score": score / max(count, 1), "eval/kl": kl / max(count, 1)}
 
-    # ------------------------------------------------------------------ loop, checkpoints
+    # ------------------------------------------------------------------ loop
     def log(self, logs: dict) -> None:
-        logs = {**logs, "step": self.state.global_step}
-        self.state.log_history.append(logs)
+        logs = {**logs, "epoch": self.state.epoch}
+        self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainerState:
-        if resume_from_checkpoint:
-            if resume_from_checkpoint is True:
-                from transformers.trainer_utils import get_last_checkpoint
+    def _evaluate_and_log(self) -> None:
+        metrics = self.evaluate()
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
 
-                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint:
-                self.load_checkpoint(resume_from_checkpoint)
-        self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
-        bar = tqdm(total=self.args.max_steps, initial=self.state.global_step, desc="ppo",
-                   disable=not self.accelerator.is_main_process)
-        while self.state.global_step < self.args.max_steps:
-            metrics = self.iteration(self.state.global_step)
-            self.state.global_step += 1
-            self.state.epoch = self.state.global_step * self.args.rollout_batch_size / max(len(self.train_prompts), 1)
-            if self.args.eval_steps and self.state.global_step % int(self.args.eval_steps) == 0 \
-                    or self.state.global_step == self.args.max_steps:
-                metrics.update(self.evaluate())
-            if self.state.global_step % max(int(self.args.logging_steps), 1) == 0 or "eval/score" in metrics:
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint-N folder")
+        if resume_from_checkpoint:
+            self.load_checkpoint(resume_from_checkpoint)
+        started, state = time.time(), self.state
+        self.control = self.callback_handler.on_train_begin(self.args, state, self.control)
+        eval_every = int(state.eval_steps)
+        if eval_every and state.global_step == 0:
+            self._evaluate_and_log()  # the starting point of the reward-vs-KL trajectory
+        bar = tqdm(total=state.max_steps, initial=state.global_step, desc="PPO iterations",
+                   disable=bool(self.args.disable_tqdm) or not self.accelerator.is_main_process)
+        while state.global_step < state.max_steps and not self.control.should_training_stop:
+            self.control = self.callback_handler.on_step_begin(self.args, state, self.control)
+            metrics = self.iteration()
+            state.global_step += 1
+            state.epoch = state.global_step * self.episodes_per_step / len(self.train_ids)
+            self.control = self.callback_handler.on_step_end(self.args, state, self.control)
+            if self.control.should_log:
                 self.log(metrics)
+                self.control.should_log = False
+            if eval_every and (state.global_step % eval_every == 0 or state.global_step == state.max_steps) \
+                    or self.control.should_evaluate:
+                self._evaluate_and_log()
+                self.control.should_evaluate = False
+            if self.control.should_save:
+                self.save_checkpoint()
+                self.control = self.callback_handler.on_save(self.args, state, self.control)
+                self.control.should_save = False
             bar.update(1)
             bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
-            if self.args.save_strategy != "no" and self.state.global_step % int(self.args.save_steps) == 0:
-                self.save_checkpoint()
-            self.control = self.callback_handler.on_step_end(self.args, self.state, self.control)
-            if self.control.should_training_stop:
-                break
         bar.close()
-        self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
-        return self.state
+        self.control = self.callback_handler.on_train_end(self.args, state, self.control)
+        losses = [h["loss/policy_avg"] for h in state.log_history if "loss/policy_avg" in h]
+        return TrainOutput(state.global_step, losses[-1] if losses else float("nan"),
+                           {"train_runtime": time.time() - started, "episode": state.global_step * self.episodes_per_step})
 
-    def save_checkpoint(self) -> None:
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        self.accelerator.wait_for_everyone()
+    # ------------------------------------------------------------------ saving and resuming
+    def save_model(self, output_dir: str | Path | None = None) -> None:
+        """The policy (the adapter under LoRA) with the tokenizer; the value model under value_model/.
+        Safe to call on every process or on the main one only: only the main one writes, no barrier."""
+        output_dir = Path(output_dir or self.args.output_dir)
         if self.accelerator.is_main_process:
-            self.save_model(folder)
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "kl_ctl": self.kl_ctl.state_dict(), "prompts_seen": self.prompts_seen,
-                        "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                                "torch": torch.get_rng_state()}}, folder / STATE_FILE)
-            self.state.save_to_json(str(folder / "trainer_state.json"))
-            self.rotate_checkpoints()
-        self.accelerator.wait_for_everyone()
-
-    def rotate_checkpoints(self) -> None:
-        if not self.args.save_total_limit:
-            return
-        folders = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in folders[:-self.args.save_total_limit]:
-            shutil.rmtree(old)
-
-    def load_checkpoint(self, folder: str) -> None:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        model = self.unwrapped
-        if self.is_peft:
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(model.policy, load_file(str(folder / "adapter_model.safetensors")))
-        else:
-            load_weights(model.policy, folder)
-        load_weights(model.value_model, folder / "value_model")
-        saved = torch.load(folder / STATE_FILE, weights_only=False)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.kl_ctl.load_state_dict(saved["kl_ctl"])
-        self.prompts_seen = list(saved["prompts_seen"])
-        random.setstate(saved["rng"]["python"])
-        np.random.set_state(saved["rng"]["numpy"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        self.state = TrainerState.load_from_json(str(folder / "trainer_state.json"))
-
-    def save_model(self, output_dir: str | Path) -> None:
-        """The policy (adapter when LoRA) with its tokenizer, and the value model under value_model/."""
-        output_dir = Path(output_dir)
-        model = self.unwrapped
-        model.policy.save_pretrained(output_dir)
-        model.value_model.save_pretrained(output_dir / "value_model")
-        if self.tokenizer is not None:
+            self.policy.save_pretrained(output_dir)
             self.tokenizer.save_pretrained(output_dir)
+            self.value_model.save_pretrained(output_dir / VALUE_DIR)
 
     def save_state(self) -> None:
         if self.accelerator.is_main_process:
             self.state.save_to_json(str(Path(self.args.output_dir) / "trainer_state.json"))
+
+    def save_checkpoint(self) -> None:
+        """``checkpoint-N/``: policy + tokenizer, value_model/, optimizer.pt, scheduler.pt, ppo_state.pt
+        (KL controller), rng_state[_rank].pth (RNGs and prompts seen, per process), trainer_state.json."""
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.save_model(folder)
+        if self.accelerator.is_main_process:
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+            torch.save({"kl_ctl": self.kl_ctl.state_dict()}, folder / PPO_STATE)
+            self.state.save_to_json(str(folder / "trainer_state.json"))
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+               "prompts_seen": self.prompts_seen}  # per process: each rolls out its own prompts
+        torch.save(rng, folder / self._rng_file())
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            rotate_checkpoints(self.args.output_dir, self.args.save_total_limit)
+
+    def _rng_file(self) -> str:  # named as transformers.Trainer names it
+        return "rng_state.pth" if self.accelerator.num_processes == 1 else f"rng_state_{self.accelerator.process_index}.pth"
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        if self.is_peft:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.policy, load_file(str(folder / "adapter_model.safetensors")))
+        else:
+            load_weights(self.policy, folder / "model.safetensors")
+        load_weights(self.value_model, folder / VALUE_DIR / "model.safetensors")
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu"))  # moved to the params
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        saved = torch.load(folder / PPO_STATE, weights_only=False)
+        self.kl_ctl.load_state_dict(saved["kl_ctl"])
+        rng = torch.load(folder / self._rng_file(), weights_only=False)
+        self.prompts_seen = list(rng["prompts_seen"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        loaded = TrainerState.load_from_json(str(folder / "trainer_state.json"))
+        self.state.global_step, self.state.epoch, self.state.log_history = loaded.global_step, loaded.epoch, loaded.log_history

@@ -55,7 +55,7 @@ def test_evaluation_and_report(full_run):
 def test_ppo_stage_logs_trajectory_and_checkpoints(full_run):
     out, metrics = full_run
     history = json.loads((out / "ppo" / "trainer_state.json").read_text())["log_history"]
-    trajectory = [(h["eval/kl"], h["eval/score"]) for h in history if "eval/score" in h]
-    assert len(trajectory) == 2  # eval_steps 2 over 4 iterations
+    trajectory = [h["step"] for h in history if "eval/score" in h]
+    assert trajectory == [0, 2, 4]  # before training, then every eval_steps=2 of 4 iterations
     assert metrics["ppo"]["iterations"] == 4
     assert (out / "ppo" / "adapter_model.safetensors").exists() and (out / "ppo" / "value_model").exists()
