@@ -73,7 +73,8 @@ def launch(tmp_path, model_dir, out, mode):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
                            str(model_dir), str(out), mode], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    if mode != "kill":  # a killed job may exit non-zero (gloo threads die with it), as a real kill would
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
 
 @pytest.mark.slow
@@ -95,6 +96,7 @@ def test_two_ranks_share_the_controller_and_resume_exactly(tmp_path, tiny_model_
     assert (tmp_path / "full" / "checkpoint-4" / "rng_state_1.pth").exists()
 
     launch(tmp_path, tiny_model_dir, tmp_path / "cut", "kill")  # dies after iteration 3; checkpoint-2 stays
+    assert (tmp_path / "cut" / "checkpoint-2").exists() and not (tmp_path / "cut" / "checkpoint-4").exists()
     launch(tmp_path, tiny_model_dir, tmp_path / "cut", "resume")
     resumed = [json.loads((tmp_path / "cut" / f"rank{r}_resume.json").read_text()) for r in (0, 1)]
     for full, again in zip(ranks, resumed):
