@@ -164,6 +164,16 @@ class StageContext:
         except (TypeError, ValueError) as e:
             raise AlignError(f"{self.where('args')}: {config_class.__name__} rejected the arguments: {e}") from None
 
+    def options(self, key: str, defaults: dict) -> dict:
+        """A mapping key of the spec (e.g. ``generation``) over its defaults; unknown keys are errors."""
+        values = self.spec.get(key) or {}
+        if not isinstance(values, dict):
+            raise AlignError(f"{self.where(key)}: expected a mapping with keys among {sorted(defaults)}, got {values!r}.")
+        unknown = set(values) - set(defaults)
+        if unknown:
+            raise AlignError(f"{self.where(key)}: unknown keys {sorted(unknown)}; valid: {sorted(defaults)}.")
+        return {**defaults, **values}
+
     def save(self, trainer, tokenizer) -> None:
         """Model (or adapter), tokenizer and trainer_state.json into the stage folder. Every process
         calls the trainer (sharded models gather on all ranks); only the main one writes."""

@@ -99,10 +99,7 @@ def run(ctx) -> dict:
     judge_names = ctx.spec["judges"] if isinstance(ctx.spec["judges"], list) else [ctx.spec["judges"]]
     judges = {name: build_judge(name, ctx.recipe.judges[name]) for name in judge_names}
     primary = judge_names[0]
-    generation = {**GENERATION_DEFAULTS, **(ctx.spec.get("generation") or {})}
-    unknown = set(generation) - set(GENERATION_DEFAULTS)
-    if unknown:
-        raise AlignError(f"{ctx.where('generation')}: unknown keys {sorted(unknown)}; valid: {sorted(GENERATION_DEFAULTS)}.")
+    generation = ctx.options("generation", GENERATION_DEFAULTS)
     prompts_ds = ctx.dataset("prompts", expected="prompt_only")
     prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
     heldout = ctx.dataset("heldout", expected="language_modeling")["text"] if "heldout" in ctx.spec else None

@@ -81,10 +81,7 @@ def run(ctx) -> dict:
     k = int(ctx.spec.get("samples_per_prompt", 4))
     if k < 2:
         raise AlignError(f"{ctx.where('samples_per_prompt')}: need at least 2 samples per prompt to form a pair, got {k}.")
-    gen = {**GENERATION_DEFAULTS, **(ctx.spec.get("generation") or {})}
-    unknown = set(gen) - set(GENERATION_DEFAULTS)
-    if unknown:
-        raise AlignError(f"{ctx.where('generation')}: unknown keys {sorted(unknown)}; valid: {sorted(GENERATION_DEFAULTS)}.")
+    gen = ctx.options("generation", GENERATION_DEFAULTS)
     ds = ctx.dataset("dataset", expected="prompt_only")
     if ctx.spec.get("limit"):
         ds = ds.select(range(min(int(ctx.spec["limit"]), len(ds))))
