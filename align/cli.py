@@ -24,6 +24,11 @@ def cmd_run(args) -> int:
 
     if PartialState().is_main_process:  # initialised by run_recipe
         print(f"align: done. Artifacts under {recipe.output_dir}/: " + ", ".join(results))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a clean exit for every rank (gloo can abort at interpreter shutdown)
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 

@@ -64,6 +64,9 @@ SCRIPT = textwrap.dedent('''
                "kl_coef": [h["kl_coef"] for h in logs], "kl": [h["objective/kl"] for h in logs],
                "weights": hashlib.md5(weights).hexdigest()},
               open(f"{out}/rank{t.accelerator.process_index}_{mode}.json", "w"))
+    # Tear the gloo group down before exit; otherwise a rank can abort at interpreter shutdown.
+    t.accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 ''')
 
 
