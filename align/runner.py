@@ -88,7 +88,6 @@ class StageContext:
     recipe: Recipe
     stage: Stage
     state: Any  # accelerate.PartialState
-    _datasets: dict = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -223,9 +222,6 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
     if state.is_main_process:
         echo(f"align: recipe {recipe.name} -> {recipe.output_dir} | processes: {state.num_processes} "
              f"({state.distributed_type}) | device: {state.device}")
-        launched = os.environ.get("ALIGN_EXPECTED_PROCESSES")
-        if launched and int(launched) != state.num_processes:
-            echo(f"align: WARNING: {launched} processes were requested but {state.num_processes} started.")
     results: dict[str, dict] = {}
     for index, stage in enumerate(stages, 1):
         header = f"[{index}/{len(stages)}] {stage.name} ({stage.kind})"
