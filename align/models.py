@@ -8,12 +8,14 @@ accept both, so a later stage never needs to know how an earlier one was trained
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from align.errors import AlignError
+from align.launch import tensor_parallel_size
 
 # Llama-style decoder-only sizes (RMSNorm, SwiGLU, RoPE, grouped-query attention).
 PRESETS: dict[str, dict] = {
@@ -105,15 +107,73 @@ def base_model_path(path: str | Path) -> str:
     return path
 
 
-def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model", **kwargs):
-    """Load a model, merging a LoRA adapter into its base so the result is a plain model."""
+def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model",
+                   tensor_parallel: bool | None = None, **kwargs):
+    """Load a model, merging a LoRA adapter into its base so the result is a plain model.
+
+    ``tensor_parallel=True`` shards it over all processes with the model's own plan
+    (``DistributedConfig(tp_plan="auto")``, see ``load_tensor_parallel``); ``None`` does so when the
+    launch asked for tensor parallelism (``tensor_parallel_size() > 1``); ``False`` never does.
+    """
     path = resolve_model_path(path, field=field)
+    if tensor_parallel is None:
+        tensor_parallel = tensor_parallel_size() > 1 and "distributed_config" not in kwargs
+    if tensor_parallel:
+        return load_tensor_parallel(path, merge=merge, field=field, **kwargs)
     if is_adapter(path):
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
         return model.merge_and_unload() if merge else model
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def load_tensor_parallel(path: str | Path, *, merge: bool = True, field: str = "model", **kwargs):
+    """``load_causal_lm`` sharded over every process (tensor parallelism only, no data parallelism).
+
+    peft cannot merge into sharded weights, so a LoRA adapter is merged on each process first and the
+    merged weights are then sharded: the whole model passes through each process's CPU memory once.
+    """
+    from transformers import AutoConfig
+    from transformers.distributed import DistributedConfig
+
+    path = resolve_model_path(path, field=field)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    size = tensor_parallel_size()
+    launch = ("launch with `torchrun --nproc_per_node N` (and PARALLELISM_CONFIG_TP_SIZE=N) or `accelerate launch` "
+              "with `parallelism_config: {parallelism_config_tp_size: N}` in its config file")
+    if world < 2:
+        raise AlignError(f"{field}: tensor parallelism shards a model over several processes, but this is a single "
+                         f"process; {launch}, or load the model without tensor parallelism.")
+    if size > 1 and size != world:
+        raise AlignError(f"{field}: align shards models with tensor parallelism alone, so the tensor-parallel size "
+                         f"({size}) must equal the number of processes ({world}).")
+    clashing = sorted({"device_map", "quantization_config", "distributed_config"} & kwargs.keys())
+    if clashing:
+        raise AlignError(f"{field}: tensor parallelism cannot be combined with {', '.join(clashing)}.")
+    if is_adapter(path) and not merge:
+        raise AlignError(f"{field}: {path} is a LoRA adapter, which is merged into its base before sharding under "
+                         f"tensor parallelism; merge=False is not supported there.")
+    config = AutoConfig.from_pretrained(base_model_path(path))
+    if not getattr(config, "base_model_tp_plan", None):
+        raise AlignError(f"{field}: {config.model_type} models have no tensor-parallel plan in transformers; "
+                         f"load it without tensor parallelism.")
+    heads = {name: getattr(config, name) for name in ("num_attention_heads", "num_key_value_heads")
+             if getattr(config, name, None)}
+    if any(n % world for n in heads.values()):
+        raise AlignError(f"{field}: tensor parallelism over {world} processes gives each a share of the attention "
+                         f"heads, so {' and '.join(f'{k} ({v})' for k, v in heads.items())} must be divisible by "
+                         f"{world}; use fewer processes.")
+    distributed = DistributedConfig(tp_plan="auto", tp_size=world)
+    if not is_adapter(path):
+        return AutoModelForCausalLM.from_pretrained(path, distributed_config=distributed, **kwargs)
+    from peft import AutoPeftModelForCausalLM
+
+    merged = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+    model = type(merged).from_pretrained(None, config=merged.config, state_dict=merged.state_dict(),
+                                         distributed_config=distributed, **kwargs)
+    model.generation_config, model.name_or_path = merged.generation_config, merged.name_or_path
+    return model
 
 
 def training_dtype() -> torch.dtype:
@@ -129,8 +189,6 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
     A LoRA adapter is merged into its base first; the new score head starts random, the backbone
     keeps the language model's weights (InstructGPT initialises its reward model from the SFT model).
     """
-    import tempfile
-
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(path, field=field)
@@ -138,8 +196,113 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
     if not is_adapter(path) and "ForSequenceClassification" in str(AutoConfig.from_pretrained(path).architectures):
         model = AutoModelForSequenceClassification.from_pretrained(path)
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            load_causal_lm(path, field=field).save_pretrained(tmp)
-            model = AutoModelForSequenceClassification.from_pretrained(tmp, num_labels=num_labels)
+        # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
+        lm = load_causal_lm(path, field=field, tensor_parallel=False)  # copied into an unsharded classifier
+        lm.config.num_labels = num_labels
+        model = AutoModelForSequenceClassification.from_config(lm.config, dtype=lm.dtype)
+        model.base_model.load_state_dict(lm.base_model.state_dict())
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# --------------------------------------------------------------------------- QLoRA (bitsandbytes)
+
+
+def quantization_device() -> str:
+    """Where a quantised model trains here: transformers puts bitsandbytes weights on CUDA (or XPU) if present,
+    else on the CPU (align trains on the CPU without CUDA, so not on Apple MPS)."""
+    if torch.cuda.is_available():
+        return "cuda"
+    return "xpu" if hasattr(torch, "xpu") and torch.xpu.is_available() else "cpu"
+
+
+def quantization_config(kind, *, lora: bool, where: str):
+    """``quantization: 4bit|8bit`` -> a BitsAndBytesConfig (None when off). Every reason QLoRA cannot run
+    here (bad value, no LoRA, bitsandbytes missing or broken, an unsupported device) is an AlignError."""
+    if kind in (None, False):
+        return None
+    if kind not in ("4bit", "8bit"):
+        raise AlignError(f"{where}: expected 4bit or 8bit (bitsandbytes QLoRA), or no quantization; got {kind!r}.")
+    lora_field = where.rsplit(".", 1)[0] + ".lora"
+    if not lora:
+        raise AlignError(f"{where}: a {kind} base is frozen, so it needs LoRA adapters to train, but {lora_field} "
+                         f"is off; set {lora_field} (e.g. {{r: 16, lora_alpha: 32}}) or remove quantization.")
+    try:
+        import bitsandbytes
+    except Exception as e:  # ImportError, or a library that fails to load its native code
+        raise AlignError(f"{where}: {kind} needs bitsandbytes, which does not import here ({type(e).__name__}: {e}). "
+                         f"Install it (pip install bitsandbytes) or remove quantization (LoRA alone works).") from None
+    device = quantization_device()
+    supported = getattr(bitsandbytes, "supported_torch_devices", {"cuda"})  # before 0.45: CUDA only
+    if device not in supported:
+        raise AlignError(f"{where}: {kind} trains on {device} here, which bitsandbytes "
+                         f"{getattr(bitsandbytes, '__version__', '?')} does not support (it supports "
+                         f"{', '.join(sorted(supported))}); remove quantization (LoRA alone works) or run on a "
+                         f"CUDA GPU.")
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=training_dtype())
+
+
+def is_quantized(model) -> bool:
+    """Loaded with bitsandbytes 4-bit or 8-bit weights (also seen through a peft wrapper)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def load_for_training(path, *, quantization=None, classifier: bool = False, field: str = "model"):
+    """(model, tokenizer) to train: a causal LM, or with ``classifier`` a scalar-head classifier
+    (``load_sequence_classifier``); with a BitsAndBytesConfig its linear layers are quantised (QLoRA)
+    after any adapter was merged in full precision."""
+    from peft import prepare_model_for_kbit_training
+
+    path = resolve_model_path(path, field=field)
+    if classifier:
+        model = load_sequence_classifier(path, field=field)[0]
+    else:  # a plain model is quantised while loading; an adapter is merged into its base first
+        direct = quantization is not None and not is_adapter(path)
+        model = load_causal_lm(path, field=field, **({"quantization_config": quantization} if direct else {}))
+    if quantization is not None and not is_quantized(model):
+        name = model.name_or_path  # what a peft adapter records as its base, as without quantization
+        model = type(model).from_pretrained(None, config=model.config, state_dict=model.state_dict(),
+                                            dtype=model.dtype, quantization_config=quantization)
+        model.name_or_path = model.config._name_or_path = name
+    if quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_4bit_trainable(model)
+    return model, load_tokenizer(path, field=field)
+
+
+def keep_4bit_trainable(model) -> None:
+    """bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks a 4-bit weight for inference at its first no-grad eval
+    forward (generation, evaluation); backward through the layer is then wrong, so every LoRA below it gets zero or
+    far too small gradients for the rest of training (PPO moved ~80x less). Keep the training layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def merge_lora(model, load_base):
+    """A peft ``model`` merged into a plain model. Merging into a 4/8-bit base would round base + update back to
+    4/8 bits (losing small updates) and save a quantised model, so the adapter goes onto ``load_base()`` in float."""
+    if not is_quantized(model):
+        return model.merge_and_unload()
+    import copy
+
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    config = copy.deepcopy(model.peft_config[model.active_adapter])
+    merged = get_peft_model(load_base(), config)
+    set_peft_model_state_dict(merged, get_peft_model_state_dict(model))
+    return merged.merge_and_unload()
+
+
+def fp32_adapters_without_autocast(model, args) -> None:
+    """TRL casts QLoRA's trainable weights to bf16. Without bf16/fp16 autocast (e.g. on a CPU) a bf16 score head
+    fails on fp32 inputs and small AdamW updates round away in bf16, so they go back to fp32 there."""
+    if is_quantized(model) and not (args.bf16 or args.fp16):
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()

@@ -138,6 +138,12 @@ class StageContext:
         from align.models import training_dtype
         import torch
 
+        from align.launch import tensor_parallel_size
+
+        if tensor_parallel_size() > 1 and not torch.cuda.is_available():
+            raise AlignError(f"stages.{self.name}: training under tensor parallelism needs GPUs (accelerate accepts a "
+                             f"parallelism config only with FSDP2 on GPUs). Run this stage without the tensor-parallel "
+                             f"config, e.g. `--only {self.name}`, then evaluate under it.")
         fields = {f.name for f in dataclasses.fields(config_class)}
         user = dict(self.spec.get("args") or {})
         if "output_dir" in user:
@@ -172,6 +178,23 @@ class StageContext:
         if unknown:
             raise AlignError(f"{self.where(key)}: unknown keys {sorted(unknown)}; valid: {sorted(defaults)}.")
         return {**defaults, **values}
+
+    def map_batches(self, fn, items: list, batch_size: int) -> list:
+        """``fn(batch_index, batch)`` over consecutive batches of ``items``, dealt round-robin to the
+        data-parallel ranks; the per-item results come back in order on every process. A sampling
+        ``fn`` seeds itself with the batch index, so the result does not depend on the number of
+        processes. Under tensor parallelism every process of a model's group runs the same batches."""
+        from align.launch import tensor_parallel_size
+
+        batches = [items[i:i + batch_size] for i in range(0, len(items), max(1, batch_size))]
+        tp = tensor_parallel_size()
+        rank, world = self.state.process_index // tp, self.state.num_processes // tp
+        done = {b: fn(b, batches[b]) for b in range(rank, len(batches), world)}
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            done = dict(gather_object(list(done.items())))
+        return [result for b in sorted(done) for result in done[b]]
 
     def save(self, trainer, tokenizer) -> None:
         """Model (or adapter), tokenizer and trainer_state.json into the stage folder. Every process
@@ -212,6 +235,7 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
     from accelerate import PartialState
     from transformers import set_seed
 
+    from align.launch import launch_plan, launch_warnings
     from align.stages import stage_module
 
     import torch
@@ -220,8 +244,13 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
     state = PartialState(cpu=not torch.cuda.is_available())
     stages = select_stages(recipe, only, from_stage)
     if state.is_main_process:
+        plan = launch_plan()
+        parallel = "".join([f" | sharding: {plan['sharding']}" if plan["sharding"] else "",
+                            f" | tensor parallel: {plan['tp_size']}" if plan["tp_size"] > 1 else ""])
         echo(f"align: recipe {recipe.name} -> {recipe.output_dir} | processes: {state.num_processes} "
-             f"({state.distributed_type}) | device: {state.device}")
+             f"({state.distributed_type}){parallel} | device: {state.device}")
+        for warning in launch_warnings(state.num_processes, torch.cuda.is_available()):
+            echo(f"align: WARNING: {warning}")
     results: dict[str, dict] = {}
     for index, stage in enumerate(stages, 1):
         header = f"[{index}/{len(stages)}] {stage.name} ({stage.kind})"

@@ -143,7 +143,8 @@ def load_stage_output(spec: dict, name: str):
     if not folder.exists():
         raise AlignError(f"{name}: stage {stage_dir.name!r} has not produced a dataset (no {folder}); "
                          f"has it finished, and is it a stage that writes one (e.g. preferences)?")
-    ds = datasets.load_from_disk(str(folder))
+    # In memory: trainers' .map() calls would otherwise write cache files into the finished stage's folder.
+    ds = datasets.load_from_disk(str(folder), keep_in_memory=True)
     if not isinstance(ds, datasets.DatasetDict):
         return ds
     split = spec.get("split", "train")

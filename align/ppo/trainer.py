@@ -82,6 +82,9 @@ class PolicyAndValue(nn.Module):
 def value_model_from_policy(model: nn.Module) -> nn.Module:
     """A scalar-head classifier of the policy's architecture holding the policy's backbone weights."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        raise ValueError("a 4/8-bit (bitsandbytes) policy cannot seed the value model; pass a reward_model or a "
+                         "full-precision value_model, e.g. align.models.load_sequence_classifier(<policy folder>)[0]")
     config = copy.deepcopy(base.config)
     config.num_labels = 1
     value = AutoModelForSequenceClassification.from_config(config)
@@ -108,7 +111,7 @@ class PPOTrainer:
         from accelerate import Accelerator
 
         from align.eval.judges import RewardModelJudge
-        from align.models import load_causal_lm, load_sequence_classifier, load_tokenizer
+        from align.models import keep_4bit_trainable, load_causal_lm, load_sequence_classifier, load_tokenizer
 
         self.args = args = args if args is not None else PPOConfig(output_dir="ppo_output")
         if reward_model is None and not reward_funcs:
@@ -157,6 +160,7 @@ class PPOTrainer:
                 raise ValueError("the reward model's vocabulary differs from the policy's, so the value model cannot "
                                  "start from it; set value_model_init='policy' or pass a value_model")
         value_model = value_model if value_model is not None else value_model_from_policy(model)
+        keep_4bit_trainable(model)  # rollouts are no-grad eval forwards
         value_model.config.pad_token_id = tok.pad_token_id
         if peft_config is not None:
             from peft import get_peft_model

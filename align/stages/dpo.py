@@ -6,6 +6,7 @@ same weights with the adapter disabled, so no second copy sits in memory.
 
 from __future__ import annotations
 
+from align.models import fp32_adapters_without_autocast
 from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset")
@@ -15,7 +16,8 @@ KEYS = {
     "dataset": "preference pairs (prompt/chosen/rejected, standard or conversational)",
     "eval_dataset": "held-out pairs (optional)",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
-    "quantization": "4bit or 8bit: QLoRA",
+    "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA; the reference "
+                    "is the quantised base with the adapter disabled); needs lora",
 }
 
 
@@ -37,6 +39,7 @@ def run(ctx) -> dict:
                       eval_strategy="epoch" if evals is not None else "no")
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train, eval_dataset=evals,
                          processing_class=tokenizer, peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
+    fp32_adapters_without_autocast(trainer.model, args)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/accuracies" in h), {})

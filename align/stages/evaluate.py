@@ -49,28 +49,35 @@ def policy_kind(path) -> str | None:
     return marker.get("kind") if marker else None
 
 
-def evaluate_policy(name, path, prompts, judges, reference, generation, seed, heldout_texts) -> tuple[dict, list[dict]]:
-    """Generate, judge and measure one policy; returns its per-prompt records and held-out numbers."""
+def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout_texts) -> tuple[dict, list[dict]]:
+    """Generate, judge and measure one policy; returns its held-out numbers and per-prompt records.
+
+    Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
+    so the records are the same whatever the number of processes."""
     from align.eval import generate, kl_to_reference, perplexity
     from align.models import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(path), load_tokenizer(path)
-    responses = generate(model, tokenizer, prompts, seed=seed, **generation)
-    scores = {judge_name: judge.score(prompts, responses) for judge_name, judge in judges.items()}
     ref_model, ref_tokenizer = reference
-    kl = None
-    if same_vocabulary(tokenizer, ref_tokenizer):
-        kl = kl_to_reference(model, ref_model, tokenizer, prompts, responses)
-    extra = {"kl_note": None if kl else "undefined: this policy's tokenizer differs from the reference's"}
+    comparable = same_vocabulary(tokenizer, ref_tokenizer)
+
+    def measure(batch_index: int, chunk: list) -> list[dict]:
+        responses = generate(model, tokenizer, chunk, seed=ctx.seed + batch_index, **generation)
+        scores = {judge_name: judge.score(chunk, responses) for judge_name, judge in judges.items()}
+        kl = kl_to_reference(model, ref_model, tokenizer, chunk, responses) if comparable else None
+        return [{"policy": name, "prompt": prompt, "response": response,
+                 "scores": {j: s[i] for j, s in scores.items()},
+                 "kl": kl["k1"][i] if kl else None, "kl_k3": kl["k3"][i] if kl else None,
+                 "response_tokens": len(tokenizer(response, add_special_tokens=False)["input_ids"])}
+                for i, (prompt, response) in enumerate(zip(chunk, responses))]
+
+    records = ctx.map_batches(measure, prompts, generation["batch_size"])
+    for i, record in enumerate(records):
+        record["prompt_id"] = i
+    extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
     if heldout_texts:
         ppl = perplexity(model, tokenizer, heldout_texts)
         extra.update(perplexity=ppl["mean_perplexity"], bits_per_byte=ppl["bits_per_byte"])
-    records = []
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        records.append({"policy": name, "prompt": prompt, "response": response,
-                        "scores": {j: s[i] for j, s in scores.items()},
-                        "kl": kl["k1"][i] if kl else None, "kl_k3": kl["k3"][i] if kl else None,
-                        "response_tokens": len(tokenizer(response, add_special_tokens=False)["input_ids"])})
     return extra, records
 
 
@@ -104,24 +111,14 @@ def run(ctx) -> dict:
     prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
     heldout = ctx.dataset("heldout", expected="language_modeling")["text"] if "heldout" in ctx.spec else None
 
-    shard = list(range(len(prompts)))[ctx.state.process_index::ctx.state.num_processes]
-    local_prompts = [prompts[i] for i in shard]
     reference = (load_causal_lm(policies[reference_name]), load_tokenizer(policies[reference_name]))
-    results, local_records = {}, []
+    results, by_policy = {}, {}
     for name, path in policies.items():
         if ctx.is_main_process:
             print(f"{ctx.name}: {name} ({path}) on {len(prompts)} prompts")
-        extra, records = evaluate_policy(name, path, local_prompts, judges, reference, generation, ctx.seed, heldout)
-        for i, record in zip(shard, records):
-            record["prompt_id"] = i
+        extra, by_policy[name] = evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout)
         results[name] = {"path": str(path), "kind": policy_kind(path), **extra}
-        local_records += records
-    if ctx.state.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        local_records = gather_object(local_records)
-    records = sorted(local_records, key=lambda r: (r["prompt_id"], list(policies).index(r["policy"])))
-    by_policy = {name: [r for r in records if r["policy"] == name] for name in policies}
+    records = [r for i in range(len(prompts)) for r in (by_policy[name][i] for name in policies)]
 
     n_bootstrap = int(ctx.spec.get("n_bootstrap", 2000))
     judge = judges[primary]

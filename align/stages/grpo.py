@@ -8,6 +8,7 @@ near the SFT model like PPO's KL penalty, which the RLHF-vs-DPO comparison needs
 from __future__ import annotations
 
 from align.errors import AlignError
+from align.models import fp32_adapters_without_autocast
 from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset", "rewards")
@@ -18,7 +19,7 @@ KEYS = {
     "dataset": "prompt-only data (prompt column, standard or conversational)",
     "rewards": "judge names from the recipe's judges (reward model, function); summed, weighted by args.reward_weights",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false for full fine-tuning",
-    "quantization": "4bit or 8bit: QLoRA",
+    "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
 }
 
 
@@ -64,6 +65,7 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
                                 peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     except ValueError as e:  # batch/generation sizes that do not divide, mostly
         raise AlignError(f"{ctx.where('args')}: {trainer_class.__name__} rejected the settings: {e}") from None
+    fp32_adapters_without_autocast(trainer.model, args)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     logs = [h for h in trainer.state.log_history if "reward" in h]
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),

@@ -8,7 +8,7 @@ is the SFT weights with the adapter disabled. Periodic evaluations on fixed prom
 from __future__ import annotations
 
 from align.errors import AlignError
-from align.models import load_sequence_classifier
+from align.models import is_quantized, load_sequence_classifier
 from align.stages.grpo import reward_functions
 from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
 
@@ -22,7 +22,8 @@ KEYS = {
     "dataset": "prompt-only data (prompt column, standard or conversational)",
     "eval_dataset": "fixed prompts for the periodic evaluation (default: the first args.eval_prompts of dataset)",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
-    "quantization": "4bit or 8bit: QLoRA policy",
+    "quantization": "4bit or 8bit: QLoRA policy (base in 4/8 bit, LoRA trained; reference = adapter disabled); "
+                    "needs lora; the value model stays full precision and fully trained",
 }
 
 
@@ -42,7 +43,10 @@ def run(ctx) -> dict:
     evals = ctx.dataset("eval_dataset", expected="prompt_only", tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
     reward_model = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward"))[0] if "reward" in ctx.spec else None
     args = ctx.config(config_class(), logging_steps=1, save_steps=20)
-    trainer = PPOTrainer(model=model, reward_model=reward_model,
+    value_model = None  # a 4/8-bit policy cannot seed the value model: take the full-precision weights instead
+    if is_quantized(model) and (reward_model is None or args.value_model_init == "policy"):
+        value_model = load_sequence_classifier(ctx.spec["policy"], field=ctx.where("policy"))[0]
+    trainer = PPOTrainer(model=model, reward_model=reward_model, value_model=value_model,
                          reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
                          processing_class=tokenizer, args=args, train_dataset=train, eval_dataset=evals,
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))

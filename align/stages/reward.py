@@ -7,8 +7,8 @@ pairs where chosen outscores rejected) and the mean reward margin.
 from __future__ import annotations
 
 from align.errors import AlignError
-from align.models import load_sequence_classifier
-from align.stages.sft import lora_config
+from align.models import fp32_adapters_without_autocast, load_sequence_classifier, merge_lora
+from align.stages.sft import load_for_training, lora_config
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -17,7 +17,9 @@ KEYS = {
     "dataset": "preference pairs (prompt/chosen/rejected or implicit chosen/rejected)",
     "eval_dataset": "held-out pairs (default: eval_fraction of dataset)",
     "eval_fraction": "share of pairs held out when no eval_dataset is given (default 0.1)",
-    "lora": "LoraConfig fields to train a LoRA reward model (default: full fine-tuning)",
+    "lora": "LoraConfig fields to train a LoRA reward model, score head trained in full (default: full fine-tuning)",
+    "quantization": "4bit or 8bit: load the backbone with bitsandbytes and train LoRA on it (QLoRA); needs lora; "
+                    "the saved reward model is merged into the full-precision backbone",
 }
 PREFERENCE_FORMATS = ("preference", "implicit_preference")
 
@@ -31,7 +33,7 @@ def config_class():
 def run(ctx) -> dict:
     from trl import RewardTrainer
 
-    model, tokenizer = load_sequence_classifier(ctx.spec["model"], field=ctx.where("model"))
+    model, tokenizer = load_for_training(ctx, classifier=True)
     train = ctx.dataset("dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
     if "eval_dataset" in ctx.spec:
         evals = ctx.dataset("eval_dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
@@ -46,6 +48,7 @@ def run(ctx) -> dict:
         peft.task_type = "SEQ_CLS"
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
                             processing_class=tokenizer, peft_config=peft)
+    fp32_adapters_without_autocast(trainer.model, args)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     if len(trainer.eval_dataset) == 0:
         raise AlignError(f"stages.{ctx.name}: every held-out pair is longer than args.max_length={args.max_length} "
@@ -54,8 +57,9 @@ def run(ctx) -> dict:
     metrics = {"train_loss": result.training_loss, "pairwise_accuracy": held_out.get("eval_accuracy"),
                "reward_margin": held_out.get("eval_margin"), "eval_pairs": len(evals), "train_pairs": len(train),
                **held_out}
-    if peft is not None:  # save a plain model: the adapter's temporary base folder is gone
-        trainer.model = trainer.model.merge_and_unload()
+    if peft is not None:  # save a plain model, as a reward model without LoRA is
+        base = lambda: load_sequence_classifier(ctx.spec["model"], field=ctx.where("model"))[0]  # noqa: E731
+        trainer.model = merge_lora(trainer.model, base)
     ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
         print(f"reward: held-out pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {len(evals)} pairs, "

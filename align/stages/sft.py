@@ -6,8 +6,11 @@ also writes ``merged/``, a plain model that needs no peft to load.
 
 from __future__ import annotations
 
+from functools import partial
+
+from align import models
 from align.errors import AlignError
-from align.models import load_causal_lm, load_tokenizer, resolve_model_path
+from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_lora, quantization_config
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -16,8 +19,9 @@ KEYS = {
     "dataset": "conversations (messages) or prompt-completion pairs",
     "eval_dataset": "held-out data in the same format (optional)",
     "lora": "peft LoraConfig fields (default r=16, lora_alpha=32, all-linear); false for full fine-tuning",
-    "quantization": "4bit or 8bit: load the base with bitsandbytes (QLoRA); needs lora",
-    "merge": "also save the adapter merged into the base under merged/, which later stages load (default true)",
+    "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
+    "merge": "also save the adapter merged into the base under merged/, which later stages load (default true); "
+             "after QLoRA it is merged into the full-precision base, so merged/ is a normal float model",
 }
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
@@ -42,37 +46,12 @@ def lora_config(spec, where: str):
         raise AlignError(f"{where}: LoraConfig rejected the fields: {e}") from None
 
 
-def quantization_config(kind, where: str):
-    """bitsandbytes 4-bit (nf4) or 8-bit loading, with a clear error where it cannot run."""
-    if kind in (None, False):
-        return None
-    if kind not in ("4bit", "8bit"):
-        raise AlignError(f"{where}: expected 4bit or 8bit, got {kind!r}.")
-    try:
-        import bitsandbytes  # noqa: F401
-        import torch
-        from transformers import BitsAndBytesConfig
-    except ImportError as e:
-        raise AlignError(f"{where}: {kind} needs bitsandbytes, which does not import here ({e}). "
-                         f"Install it (pip install bitsandbytes) or remove quantization.") from None
-    if kind == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def load_for_training(ctx, key: str = "model"):
-    """The model named by ``spec[key]`` (an adapter is merged into its base), quantised if asked."""
-    from peft import prepare_model_for_kbit_training
-
-    quant = quantization_config(ctx.spec.get("quantization"), ctx.where("quantization"))
-    if quant is not None and ctx.spec.get("lora") is False:
-        raise AlignError(f"{ctx.where('quantization')}: a quantised base cannot be fully fine-tuned; keep lora on.")
-    path = resolve_model_path(ctx.spec[key], field=ctx.where(key))
-    model = load_causal_lm(path, field=ctx.where(key), **({"quantization_config": quant} if quant else {}))
-    if quant is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model, load_tokenizer(path, field=ctx.where(key))
+def load_for_training(ctx, key: str = "model", *, classifier: bool = False):
+    """(model, tokenizer) named by ``spec[key]``, its base in 4/8 bit if ``quantization:`` asks (QLoRA).
+    LoRA is on unless ``lora: false``; for a reward model (``classifier``) only when ``lora:`` is given."""
+    lora = bool(ctx.spec.get("lora")) if classifier else ctx.spec.get("lora") is not False
+    quant = quantization_config(ctx.spec.get("quantization"), lora=lora, where=ctx.where("quantization"))
+    return models.load_for_training(ctx.spec[key], quantization=quant, classifier=classifier, field=ctx.where(key))
 
 
 def run(ctx) -> dict:
@@ -91,6 +70,7 @@ def run(ctx) -> dict:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
+    fp32_adapters_without_autocast(trainer.model, args)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
     if evals is not None:
@@ -98,6 +78,7 @@ def run(ctx) -> dict:
     ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
         if ctx.spec.get("merge", True) and hasattr(trainer.model, "merge_and_unload"):
-            trainer.model.merge_and_unload().save_pretrained(ctx.out_dir / "merged")
+            base = partial(load_causal_lm, ctx.spec["model"], field=ctx.where("model"))
+            merge_lora(trainer.model, base).save_pretrained(ctx.out_dir / "merged")
             tokenizer.save_pretrained(ctx.out_dir / "merged")
     return metrics
