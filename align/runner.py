@@ -135,10 +135,10 @@ class StageContext:
 
     def config(self, config_class, **defaults):
         """The stage's library config: align's defaults, then the recipe's ``args`` verbatim."""
-        from align.models import training_dtype
         import torch
 
         from align.launch import tensor_parallel_size
+        from align.models import training_dtype
 
         if tensor_parallel_size() > 1 and not torch.cuda.is_available():
             raise AlignError(f"stages.{self.name}: training under tensor parallelism needs GPUs (accelerate accepts a "
@@ -186,7 +186,9 @@ class StageContext:
         processes. Under tensor parallelism every process of a model's group runs the same batches."""
         from align.launch import tensor_parallel_size
 
-        batches = [items[i:i + batch_size] for i in range(0, len(items), max(1, batch_size))]
+        if batch_size < 1:
+            raise AlignError(f"{self.where('generation.batch_size')}: expected at least 1, got {batch_size}.")
+        batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         tp = tensor_parallel_size()
         rank, world = self.state.process_index // tp, self.state.num_processes // tp
         done = {b: fn(b, batches[b]) for b in range(rank, len(batches), world)}
