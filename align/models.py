@@ -108,14 +108,18 @@ def base_model_path(path: str | Path) -> str:
 
 
 def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model",
-                   tensor_parallel: bool | None = None, **kwargs):
+                   tensor_parallel: bool | None = None, dtype=None, training: bool = False, **kwargs):
     """Load a model, merging a LoRA adapter into its base so the result is a plain model.
+
+    ``dtype`` (a torch dtype or its name, see ``resolve_dtype``) is what the weights are held in, whatever the
+    checkpoint stores: by default float32 for ``training`` (master weights) and for inference on a CPU.
 
     ``tensor_parallel=True`` shards it over all processes with the model's own plan
     (``DistributedConfig(tp_plan="auto")``, see ``load_tensor_parallel``); ``None`` does so when the
     launch asked for tensor parallelism (``tensor_parallel_size() > 1``); ``False`` never does.
     """
     path = resolve_model_path(path, field=field)
+    kwargs["dtype"] = resolve_dtype(dtype, training=training, field=field)
     if tensor_parallel is None:
         tensor_parallel = tensor_parallel_size() > 1 and "distributed_config" not in kwargs
     if tensor_parallel:
@@ -177,13 +181,33 @@ def load_tensor_parallel(path: str | Path, *, merge: bool = True, field: str = "
 
 
 def training_dtype() -> torch.dtype:
-    """bf16 only where the hardware has it: bf16 autocast on a CPU without AMX is 6-7x slower."""
+    """The compute dtype of mixed precision: bf16 only where the hardware has it (bf16 autocast on a CPU without
+    AMX is 6-7x slower). Trainable weights stay float32 either way (see ``resolve_dtype``)."""
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
 
-def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labels: int = 1):
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def resolve_dtype(value=None, *, training: bool = False, field: str = "dtype"):
+    """The dtype a model is loaded in. Hub checkpoints store bf16 (or fp16) weights; AdamW updating them in place
+    rounds most small updates to zero (measured: 79 % of a value model's updates at lr 1e-4, every RMSNorm update),
+    so trainable weights are float32 master weights and bf16 is only the autocast compute dtype. Frozen models
+    (judges, evaluation) may run in bf16 on a GPU that has it. ``value`` overrides: float32 | bfloat16 | float16 |
+    auto (the checkpoint's own dtype)."""
+    if value is None:
+        return torch.float32 if training else training_dtype()
+    if isinstance(value, torch.dtype):
+        return value
+    if value not in DTYPES:
+        raise AlignError(f"{field}: unknown dtype {value!r}; choose one of {', '.join(DTYPES)}.")
+    return DTYPES[value]
+
+
+def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labels: int = 1, dtype=None,
+                             training: bool = True):
     """A scalar-head classifier (reward/value model) initialised from a causal LM or a classifier.
 
     A LoRA adapter is merged into its base first; the new score head starts random, the backbone
@@ -193,11 +217,12 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
 
     path = resolve_model_path(path, field=field)
     tokenizer = load_tokenizer(path, field=field)
+    dtype = resolve_dtype(dtype, training=training, field=field)
     if not is_adapter(path) and "ForSequenceClassification" in str(AutoConfig.from_pretrained(path).architectures):
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
     else:
         # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
-        lm = load_causal_lm(path, field=field, tensor_parallel=False)  # copied into an unsharded classifier
+        lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=dtype)  # copied into an unsharded classifier
         lm.config.num_labels = num_labels
         model = AutoModelForSequenceClassification.from_config(lm.config, dtype=lm.dtype)
         model.base_model.load_state_dict(lm.base_model.state_dict())
@@ -252,18 +277,19 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def load_for_training(path, *, quantization=None, classifier: bool = False, field: str = "model"):
+def load_for_training(path, *, quantization=None, classifier: bool = False, field: str = "model", dtype=None):
     """(model, tokenizer) to train: a causal LM, or with ``classifier`` a scalar-head classifier
-    (``load_sequence_classifier``); with a BitsAndBytesConfig its linear layers are quantised (QLoRA)
-    after any adapter was merged in full precision."""
+    (``load_sequence_classifier``), in float32 master weights unless ``dtype`` says otherwise; with a
+    BitsAndBytesConfig its linear layers are quantised (QLoRA) after any adapter was merged in full precision."""
     from peft import prepare_model_for_kbit_training
 
     path = resolve_model_path(path, field=field)
     if classifier:
-        model = load_sequence_classifier(path, field=field)[0]
+        model = load_sequence_classifier(path, field=field, dtype=dtype)[0]
     else:  # a plain model is quantised while loading; an adapter is merged into its base first
         direct = quantization is not None and not is_adapter(path)
-        model = load_causal_lm(path, field=field, **({"quantization_config": quantization} if direct else {}))
+        model = load_causal_lm(path, field=field, training=True, dtype=dtype,
+                               **({"quantization_config": quantization} if direct else {}))
     if quantization is not None and not is_quantized(model):
         name = model.name_or_path  # what a peft adapter records as its base, as without quantization
         model = type(model).from_pretrained(None, config=model.config, state_dict=model.state_dict(),

@@ -31,7 +31,7 @@ BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parqu
 # A text file is one document by default: a novel keeps its newlines and is not cut into
 # thousands of BOS...EOS "documents"; pretraining packs it into blocks anyway.
 SAMPLE_BY = ("document", "paragraph", "line")
-CONVERTERS = ("hh-rlhf",)
+CONVERTERS = ("hh-rlhf", "ultrafeedback", "sharegpt")
 MARKER = ".align_complete.json"
 
 
@@ -213,6 +213,10 @@ def load_dataset(spec: dict, *, name: str):
         from align.data.hh_rlhf import convert_hh_rlhf
 
         ds = convert_hh_rlhf(ds, name=name)
+    elif spec.get("convert"):
+        from align.data.convert import CONVERT
+
+        ds = CONVERT[spec["convert"]](ds, name=name)
     if spec.get("map"):
         ds = apply_map(ds, spec["map"], name)
     if spec.get("shuffle"):

@@ -9,9 +9,11 @@ For a response y ~ pi(.|x) with tokens y_t and r_t = log pi_ref(y_t|x, y_<t) - l
   lower variance (Schulman, "Approximating KL divergence", 2020).
 
 Both need samples from pi itself at temperature 1 without top-k/top-p truncation; otherwise they
-estimate something else. Responses arrive as decoded text and are re-tokenised with the same chat
-formatting as generation (the turn closed by the template's end-of-turn token, which a response cut
-at max_new_tokens never sampled); a model's non-canonical tokenisation of its own output is lost.
+estimate something else. ``kl_from_ids`` scores the exact token ids that were sampled (what the
+evaluate stage uses): re-rendering decoded text through a chat template would score tokens that were
+never sampled (Qwen's newline after ``<|im_end|>``, Llama-3's ``|trim``) and lose a model's
+non-canonical tokenisation of its own output. ``kl_to_reference`` takes text, for responses that
+came from elsewhere.
 """
 
 from __future__ import annotations
@@ -81,6 +83,20 @@ def kl_estimates(logp: torch.Tensor, ref_logp: torch.Tensor) -> tuple[float, flo
     """(k1, k3) for one sampled response, from its per-token log-probs under pi and pi_ref."""
     r = (ref_logp - logp).double()
     return float(-r.sum()), float((r.exp() - 1 - r).sum())
+
+
+def kl_from_ids(policy, reference, sampled: list[tuple[list[int], list[int]]], *, pad_id: int = 0,
+                batch_size: int = 16) -> dict:
+    """Per-sample KL(pi || pi_ref) from ``(prompt_ids, response_ids)`` pairs as ``generate(return_ids=True)``
+    returns them: the log-probs of exactly the sampled tokens, under both models."""
+    if vocab_size(policy) != vocab_size(reference):
+        raise AlignError(f"KL to the reference is undefined: the policy predicts {vocab_size(policy)} tokens and the "
+                         f"reference {vocab_size(reference)}, so they do not share a tokenizer.")
+    sequences, starts = [list(p) + list(r) for p, r in sampled], [len(p) for p, _ in sampled]
+    logp = token_logprobs(policy, sequences, starts, pad_id=pad_id, batch_size=batch_size)
+    ref_logp = token_logprobs(reference, sequences, starts, pad_id=pad_id, batch_size=batch_size)
+    k1, k3 = zip(*(kl_estimates(a, b) for a, b in zip(logp, ref_logp))) if logp else ((), ())
+    return {"estimator": ESTIMATOR, "k1": list(k1), "k3": list(k3), "response_tokens": [len(r) for _, r in sampled]}
 
 
 def vocab_size(model) -> int:

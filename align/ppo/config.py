@@ -49,9 +49,9 @@ class PPOConfig(TrainingArguments):
     max_prompt_length: int | None = knob(None, "Keep only the last N prompt tokens (None: no truncation).")
     temperature: float = knob(1.0, "Sampling temperature; log-probabilities are computed from logits/temperature, "
                                     "the distribution that sampled.")
-    top_k: int = knob(0, "Top-k truncation while sampling (0: none). Truncation makes the sampled tokens' "
-                         "log-probs differ from the policy's and biases the KL estimate.")
-    top_p: float = knob(1.0, "Nucleus truncation while sampling (1.0: none).")
+    top_k: int = knob(0, "Must stay 0: top-k truncation would sample from a distribution PPO's log-probs (the full "
+                         "softmax of logits/temperature) do not describe, biasing the ratio and the KL.")
+    top_p: float = knob(1.0, "Must stay 1.0, for the same reason as top_k.")
 
     # --- optimisation
     num_mini_batches: int = knob(2, "Minibatches (optimizer steps) per pass over a rollout batch.")
@@ -107,6 +107,10 @@ class PPOConfig(TrainingArguments):
                                 f"per_device_train_batch_size ({self.per_device_train_batch_size})")
         if self.temperature <= 0:
             problems.append("temperature must be positive (PPO needs sampling)")
+        if self.top_k or self.top_p != 1.0:
+            problems.append(f"top_k={self.top_k} / top_p={self.top_p} truncate the sampling distribution, which PPO's "
+                            f"log-probs (full softmax of logits/temperature) do not account for; leave top_k 0 and "
+                            f"top_p 1.0 (temperature is accounted for)")
         if self.max_new_tokens < 1:
             problems.append("max_new_tokens must be at least 1")
         if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon <= 0):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import random
@@ -43,6 +44,7 @@ from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint, rotate_checkpoints, set_seed
 
+from align.eval.generation import declared_decoding, prompt_ids
 from align.ppo import core
 from align.ppo.config import PPOConfig
 
@@ -51,11 +53,14 @@ EVAL_SEED = 1_000_003  # added to args.seed: the eval prompts are sampled with t
 
 
 def disable_dropout(model: nn.Module) -> None:
+    """Dropout off for good, also where a model keeps its rate as a plain float (OPT/BLOOM's ``self.dropout``,
+    ``attention_dropout``, GPT-style ``resid_pdrop``) and calls ``F.dropout`` in train mode."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
+        for name, value in vars(module).items():
+            if isinstance(value, float) and not isinstance(value, bool) and (name.endswith(("dropout", "pdrop"))):
+                setattr(module, name, 0.0)
 
 
 class PolicyAndValue(nn.Module):
@@ -107,9 +112,15 @@ def load_weights(model: nn.Module, file: Path) -> None:
 class PPOTrainer:
     def __init__(self, model, ref_model=None, reward_model=None, reward_funcs=None, value_model=None,
                  processing_class=None, args: PPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 peft_config=None, callbacks=None):
+                 peft_config=None, callbacks=None, reward_processing_class=None, chat: bool = True):
+        """``reward_processing_class``: the reward model's own tokenizer (default: the policy's). Responses are
+        decoded to text and re-encoded with it and its chat template, so a reward model of another family scores
+        what it was trained on. ``chat``: render prompts with the chat template (a plain string is one user
+        message); False continues string prompts as raw text."""
         from accelerate import Accelerator
 
+        from align.chat_templates import prepare_chat_template
+        from align.eval.generation import decoding_config, note_ignored_settings, stop_ids
         from align.eval.judges import RewardModelJudge
         from align.models import keep_4bit_trainable, load_causal_lm, load_sequence_classifier, load_tokenizer
 
@@ -118,15 +129,15 @@ class PPOTrainer:
             raise ValueError("PPOTrainer needs a reward: a reward_model, reward_funcs, or both")
         if train_dataset is None:
             raise ValueError("PPOTrainer needs a train_dataset of prompts")
-        set_seed(args.seed)
         cuda = torch.cuda.is_available() and not args.use_cpu
         precision = "bf16" if args.bf16 and cuda and torch.cuda.is_bf16_supported() else "fp16" if args.fp16 and cuda else "no"
         self.accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
         device, world = self.accelerator.device, self.accelerator.num_processes
+        set_seed(args.seed + self.accelerator.process_index)  # every process samples its own responses
 
         if isinstance(model, (str, os.PathLike)):
             processing_class = processing_class or load_tokenizer(model)
-            model = load_causal_lm(model)
+            model = load_causal_lm(model, training=True)
         if processing_class is None:
             raise ValueError("PPOTrainer needs processing_class (the policy's tokenizer)")
         self.tokenizer = tok = processing_class
@@ -134,15 +145,23 @@ class PPOTrainer:
             raise ValueError("the tokenizer needs an eos_token: responses end there")
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
+        self.chat = chat
+        if chat:
+            prepare_chat_template(tok, where="chat_template")
         # stop on EOS and on whatever else the model's generation config stops on (e.g. an end-of-turn token)
-        extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        self.stop_ids = sorted({tok.eos_token_id, *([extra] if isinstance(extra, int) else extra or [])})
+        self.stop_ids = stop_ids(model, tok)
+        if self.accelerator.is_main_process:
+            note_ignored_settings(model, "PPO rollouts")
+        # exactly the distribution PPO's log-probs describe: softmax(logits / temperature), nothing else
+        self.generation_config = decoding_config(max_new_tokens=args.max_new_tokens, stop_ids=self.stop_ids,
+                                                 pad_id=tok.pad_token_id, temperature=args.temperature)
         # reward model(s) and reward functions, in the order of args.reward_weights
         self.judge = None
         if reward_model is not None:
-            reward_tok = tok  # a reward model object is assumed to share the policy's tokenizer
+            reward_tok = reward_processing_class or tok
             if isinstance(reward_model, (str, os.PathLike)):
-                reward_model, reward_tok = load_sequence_classifier(reward_model, field="reward_model")
+                reward_model, loaded = load_sequence_classifier(reward_model, field="reward_model")
+                reward_tok = reward_processing_class or loaded
             self.judge = RewardModelJudge(reward_model.to(device), reward_tok)
         if callable(reward_funcs):
             reward_funcs = [reward_funcs]
@@ -155,10 +174,12 @@ class PPOTrainer:
         if isinstance(value_model, (str, os.PathLike)):
             value_model = load_sequence_classifier(value_model, field="value_model")[0]
         if value_model is None and self.judge is not None and args.value_model_init == "reward_model":
-            value_model = copy.deepcopy(self.judge.model)
-            if value_model.get_input_embeddings().num_embeddings != model.get_input_embeddings().num_embeddings:
-                raise ValueError("the reward model's vocabulary differs from the policy's, so the value model cannot "
-                                 "start from it; set value_model_init='policy' or pass a value_model")
+            if self.judge.tokenizer.get_vocab() == tok.get_vocab():
+                value_model = copy.deepcopy(self.judge.model)
+            elif self.accelerator.is_main_process:  # the critic reads the policy's tokens: it needs its vocabulary
+                logging.getLogger("align").info(
+                    "PPO: the reward model uses another tokenizer than the policy, so the value model starts from "
+                    "the policy's weights with a new value head (not from the reward model).")
         value_model = value_model if value_model is not None else value_model_from_policy(model)
         keep_4bit_trainable(model)  # rollouts are no-grad eval forwards
         value_model.config.pad_token_id = tok.pad_token_id
@@ -234,9 +255,7 @@ class PPOTrainer:
             raise ValueError(f"{where}: PPO needs prompt-only data with a 'prompt' column (a string, or a list of "
                              f"messages); the columns are {dataset.column_names}")
         rows = list(dataset["prompt"])
-        texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-                 if isinstance(p, list) else p for p in rows]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = [prompt_ids(self.tokenizer, p, chat=self.chat) for p in rows]  # the encoding every stage shares
         if self.args.max_prompt_length:
             ids = [x[-self.args.max_prompt_length:] for x in ids]
         return rows, ids
@@ -268,11 +287,8 @@ class PPOTrainer:
         ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompt_ids], device=device)
         prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         policy = self.policy.eval()
-        with self.accelerator.autocast():
-            out = policy.generate(input_ids=ids, attention_mask=prompt_mask, do_sample=True, temperature=args.temperature,
-                                  top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                                  repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
-                                  eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id, use_cache=True)
+        with self.accelerator.autocast(), declared_decoding(policy, self.generation_config) as config:
+            out = policy.generate(input_ids=ids, attention_mask=prompt_mask, generation_config=config)
         mask = core.response_mask(out[:, width:], self.stop_ids)  # truncate after the first EOS
         responses = torch.where(mask.bool(), out[:, width:], tok.pad_token_id)
         batch = {"input_ids": torch.cat([ids, responses], 1), "attention_mask": torch.cat([prompt_mask, mask], 1),

@@ -7,7 +7,7 @@ same weights with the adapter disabled, so no second copy sits in memory.
 from __future__ import annotations
 
 from align.models import fp32_adapters_without_autocast
-from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
+from align.stages.sft import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -18,6 +18,7 @@ KEYS = {
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA; the reference "
                     "is the quantised base with the adapter disabled); needs lora",
+    **MODEL_KEYS,
 }
 
 
@@ -33,6 +34,7 @@ def run(ctx) -> dict:
     model, tokenizer = load_for_training(ctx)
     formats = ("preference", "implicit_preference")
     train = ctx.dataset("dataset", expected=formats, tokenizer=tokenizer)
+    conversation_template(ctx, tokenizer, train)
     evals = ctx.dataset("eval_dataset", expected=formats, tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
     args = ctx.config(config_class(), beta=0.1, learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.05,
                       num_train_epochs=1, per_device_train_batch_size=16, max_length=256,

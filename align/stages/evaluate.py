@@ -25,6 +25,9 @@ KEYS = {
     "generation": "decoding: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), greedy (false), batch_size (32)",
     "limit": "evaluate on the first N prompts only",
     "n_bootstrap": "bootstrap resamples for win-rate intervals (default 2000)",
+    "chat": "render prompts with each policy's chat template (default true); false continues them as raw text",
+    "chat_template": "the template prompts are rendered with: a TRL-shipped name, default, or a .jinja file "
+                     "(default: each policy's own; align's default for a model without one)",
 }
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32}
 KL_ESTIMATOR = ("k1: mean over the policy's own samples of sum_t [log pi(a_t|s_t) - log pi_ref(a_t|s_t)] "
@@ -36,6 +39,18 @@ def prompt_as_text(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
+def load_policy_tokenizer(ctx, path):
+    """A policy's tokenizer with the chat template its prompts are rendered with (``chat_template:``, or align's
+    default for a model without one) unless ``chat: false`` continues prompts as raw text."""
+    from align.chat_templates import prepare_chat_template
+    from align.models import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    if ctx.spec.get("chat", True):
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+    return tokenizer
 
 
 def same_vocabulary(a, b) -> bool:
@@ -54,21 +69,28 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
 
     Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
     so the records are the same whatever the number of processes."""
-    from align.eval import generate, kl_to_reference, perplexity
-    from align.models import load_causal_lm, load_tokenizer
+    from align.eval import perplexity
+    from align.eval.generation import generate, note_ignored_settings
+    from align.eval.kl import kl_from_ids
+    from align.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(path), load_tokenizer(path)
+    model, tokenizer = load_causal_lm(path), load_policy_tokenizer(ctx, path)
     ref_model, ref_tokenizer = reference
     comparable = same_vocabulary(tokenizer, ref_tokenizer)
+    chat = bool(ctx.spec.get("chat", True))
+    if ctx.is_main_process:
+        note_ignored_settings(model, f"{ctx.where('policies')}.{name}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def measure(batch_index: int, chunk: list) -> list[dict]:
-        responses = generate(model, tokenizer, chunk, seed=ctx.seed + batch_index, **generation)
+        responses, sampled = generate(model, tokenizer, chunk, seed=ctx.seed + batch_index, chat=chat,
+                                      return_ids=True, **generation)
         scores = {judge_name: judge.score(chunk, responses) for judge_name, judge in judges.items()}
-        kl = kl_to_reference(model, ref_model, tokenizer, chunk, responses) if comparable else None
+        kl = kl_from_ids(model, ref_model, sampled, pad_id=pad_id) if comparable else None
         return [{"policy": name, "prompt": prompt, "response": response,
                  "scores": {j: s[i] for j, s in scores.items()},
                  "kl": kl["k1"][i] if kl else None, "kl_k3": kl["k3"][i] if kl else None,
-                 "response_tokens": len(tokenizer(response, add_special_tokens=False)["input_ids"])}
+                 "response_tokens": len(sampled[i][1])}
                 for i, (prompt, response) in enumerate(zip(chunk, responses))]
 
     records = ctx.map_batches(measure, prompts, generation["batch_size"])
@@ -94,7 +116,7 @@ def summarise(records: list[dict], judge_names: list[str]) -> dict:
 
 def run(ctx) -> dict:
     from align.eval import build_judge, win_rate
-    from align.models import load_causal_lm, load_tokenizer
+    from align.models import load_causal_lm
 
     policies = ctx.spec["policies"]
     if not isinstance(policies, dict) or not policies:
@@ -111,7 +133,7 @@ def run(ctx) -> dict:
     prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
     heldout = ctx.dataset("heldout", expected="language_modeling")["text"] if "heldout" in ctx.spec else None
 
-    reference = (load_causal_lm(policies[reference_name]), load_tokenizer(policies[reference_name]))
+    reference = (load_causal_lm(policies[reference_name]), load_policy_tokenizer(ctx, policies[reference_name]))
     results, by_policy = {}, {}
     for name, path in policies.items():
         if ctx.is_main_process:
@@ -135,7 +157,9 @@ def run(ctx) -> dict:
         results[name]["win_rate"] = {"vs": reference_name, "judge": primary,
                                      **win_rate(outcomes(name, reference_name), n_bootstrap=n_bootstrap, seed=ctx.seed)}
     metrics = {"reference": reference_name, "primary_judge": primary, "kl_estimator": KL_ESTIMATOR,
-               "n_prompts": len(prompts), "decoding": generation, "policies": results,
+               "n_prompts": len(prompts),
+               "decoding": {**generation, "chat": bool(ctx.spec.get("chat", True)),
+                            "note": "declared settings only; every checkpoint's own generation_config is ignored"}, "policies": results,
                "pairwise": {"judge": primary, "policies": names, "win_rate": pairwise}}
     if ctx.is_main_process:
         with open(ctx.out_dir / "samples.jsonl", "w") as f:

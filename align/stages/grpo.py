@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast
-from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
+from align.stages.sft import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset", "rewards")
 DATASET_KEYS = ("dataset",)
@@ -20,6 +20,7 @@ KEYS = {
     "rewards": "judge names from the recipe's judges (reward model, function); summed, weighted by args.reward_weights",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false for full fine-tuning",
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
+    **MODEL_KEYS,
 }
 
 
@@ -54,6 +55,7 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     """Shared by grpo and rloo: same inputs, same judges-as-rewards, different TRL trainer."""
     model, tokenizer = load_for_training(ctx)
     train = ctx.dataset("dataset", expected="prompt_only", tokenizer=tokenizer)
+    conversation_template(ctx, tokenizer, train)
     args = ctx.config(config, learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8,
                       num_generations=4, max_completion_length=48, temperature=1.0, beta=0.05,
                       max_steps=20, logging_steps=1, **defaults)

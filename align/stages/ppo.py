@@ -7,6 +7,7 @@ is the SFT weights with the adapter disabled. Periodic evaluations on fixed prom
 
 from __future__ import annotations
 
+from align.chat_templates import prepare_chat_template
 from align.errors import AlignError
 from align.models import is_quantized, load_sequence_classifier
 from align.stages.grpo import reward_functions
@@ -24,6 +25,9 @@ KEYS = {
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
     "quantization": "4bit or 8bit: QLoRA policy (base in 4/8 bit, LoRA trained; reference = adapter disabled); "
                     "needs lora; the value model stays full precision and fully trained",
+    "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
+    "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own)",
+    "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
 }
 
 
@@ -39,16 +43,22 @@ def run(ctx) -> dict:
     if "reward" not in ctx.spec and "rewards" not in ctx.spec:
         raise AlignError(f"stages.{ctx.name}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names].")
     model, tokenizer = load_for_training(ctx, "policy")
+    chat = bool(ctx.spec.get("chat", True))
+    if chat:
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
     train = ctx.dataset("dataset", expected="prompt_only", tokenizer=tokenizer)
     evals = ctx.dataset("eval_dataset", expected="prompt_only", tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
-    reward_model = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward"))[0] if "reward" in ctx.spec else None
+    # the reward model keeps its own tokenizer and template: it may be of another family than the policy
+    reward_model, reward_tokenizer = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward")) \
+        if "reward" in ctx.spec else (None, None)
     args = ctx.config(config_class(), logging_steps=1, save_steps=20)
     value_model = None  # a 4/8-bit policy cannot seed the value model: take the full-precision weights instead
     if is_quantized(model) and (reward_model is None or args.value_model_init == "policy"):
         value_model = load_sequence_classifier(ctx.spec["policy"], field=ctx.where("policy"))[0]
     trainer = PPOTrainer(model=model, reward_model=reward_model, value_model=value_model,
                          reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
-                         processing_class=tokenizer, args=args, train_dataset=train, eval_dataset=evals,
+                         processing_class=tokenizer, reward_processing_class=reward_tokenizer, chat=chat,
+                         args=args, train_dataset=train, eval_dataset=evals,
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     history = trainer.state.log_history

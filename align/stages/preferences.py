@@ -24,6 +24,9 @@ KEYS = {
     "min_score_gap": "least score difference for a pair to be kept (default 0: any strict difference)",
     "generation": "decoding settings: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), batch_size (32)",
     "limit": "use only the first N prompts",
+    "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
+    "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own; align's "
+                     "default for a model without one)",
 }
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32}
 
@@ -74,7 +77,8 @@ def run(ctx) -> dict:
     import datasets
 
     from align.data import write_data_card
-    from align.eval.generation import generate
+    from align.chat_templates import prepare_chat_template
+    from align.eval.generation import generate, note_ignored_settings
     from align.eval.judges import build_judge
     from align.models import load_causal_lm, load_tokenizer
 
@@ -89,10 +93,15 @@ def run(ctx) -> dict:
     judge = build_judge(ctx.spec["judge"], ctx.recipe.judges[ctx.spec["judge"]])
     model = load_causal_lm(ctx.spec["policy"], field=ctx.where("policy"))
     tokenizer = load_tokenizer(ctx.spec["policy"], field=ctx.where("policy"))
+    chat = bool(ctx.spec.get("chat", True))
+    if chat:
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+    if ctx.is_main_process:
+        note_ignored_settings(model, ctx.where("policy"))
 
     def sample(batch_index: int, chunk: list) -> list[tuple[list[str], list[float]]]:
         repeated = [prompt for prompt in chunk for _ in range(k)]
-        texts = generate(model, tokenizer, repeated, seed=ctx.seed + batch_index, **gen)
+        texts = generate(model, tokenizer, repeated, seed=ctx.seed + batch_index, chat=chat, **gen)
         values = judge.score(repeated, texts)
         return [(texts[j * k:(j + 1) * k], values[j * k:(j + 1) * k]) for j in range(len(chunk))]
 
@@ -105,7 +114,7 @@ def run(ctx) -> dict:
                          f"preference pair was formed. Sample more per prompt, raise the temperature, or check the judge.")
     all_scores = [v for _, values in sampled for v in values]
     summary = describe(pairs, len(prompts), k)
-    result = datasets.Dataset.from_list([as_conversational(p) for p in pairs])
+    result = datasets.Dataset.from_list([as_conversational(p) if chat else p for p in pairs])
     if ctx.is_main_process:
         result.save_to_disk(str(ctx.out_dir / "dataset"))
         result.to_json(str(ctx.out_dir / "pairs.jsonl"))

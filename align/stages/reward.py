@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast, load_sequence_classifier, merge_lora
-from align.stages.sft import load_for_training, lora_config
+from align.stages.sft import MODEL_KEYS, conversation_template, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -20,6 +20,7 @@ KEYS = {
     "lora": "LoraConfig fields to train a LoRA reward model, score head trained in full (default: full fine-tuning)",
     "quantization": "4bit or 8bit: load the backbone with bitsandbytes and train LoRA on it (QLoRA); needs lora; "
                     "the saved reward model is merged into the full-precision backbone",
+    **MODEL_KEYS,
 }
 PREFERENCE_FORMATS = ("preference", "implicit_preference")
 
@@ -35,6 +36,7 @@ def run(ctx) -> dict:
 
     model, tokenizer = load_for_training(ctx, classifier=True)
     train = ctx.dataset("dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
+    conversation_template(ctx, tokenizer, train)
     if "eval_dataset" in ctx.spec:
         evals = ctx.dataset("eval_dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
     else:
@@ -54,14 +56,20 @@ def run(ctx) -> dict:
         raise AlignError(f"stages.{ctx.name}: every held-out pair is longer than args.max_length={args.max_length} "
                          f"tokens and was dropped, so accuracy cannot be measured; raise max_length.")
     held_out = trainer.evaluate()
+    # TRL drops pairs longer than max_length while preparing: count what was really trained and evaluated
+    kept = {"train_pairs": len(trainer.train_dataset), "eval_pairs": len(trainer.eval_dataset)}
+    dropped = {"train_pairs_dropped": len(train) - kept["train_pairs"], "eval_pairs_dropped": len(evals) - kept["eval_pairs"]}
     metrics = {"train_loss": result.training_loss, "pairwise_accuracy": held_out.get("eval_accuracy"),
-               "reward_margin": held_out.get("eval_margin"), "eval_pairs": len(evals), "train_pairs": len(train),
-               **held_out}
+               "reward_margin": held_out.get("eval_margin"), **kept, **dropped,
+               "dropped_because": f"longer than args.max_length={args.max_length} tokens", **held_out}
+    if any(dropped.values()) and ctx.is_main_process:
+        print(f"reward: {dropped['train_pairs_dropped']} training and {dropped['eval_pairs_dropped']} held-out pairs "
+              f"were longer than max_length={args.max_length} tokens and dropped by TRL; raise args.max_length to keep them.")
     if peft is not None:  # save a plain model, as a reward model without LoRA is
         base = lambda: load_sequence_classifier(ctx.spec["model"], field=ctx.where("model"))[0]  # noqa: E731
         trainer.model = merge_lora(trainer.model, base)
     ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
-        print(f"reward: held-out pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {len(evals)} pairs, "
+        print(f"reward: held-out pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {kept['eval_pairs']} pairs, "
               f"margin {metrics['reward_margin']:.3f}")
     return metrics

@@ -6,6 +6,7 @@ also writes ``merged/``, a plain model that needs no peft to load.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from align import models
@@ -14,6 +15,12 @@ from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_l
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
+MODEL_KEYS = {  # shared by every stage that trains a model
+    "chat_template": "a template TRL ships (llama3, qwen2_5, gemma3, phi3, ...), default (align's User:/Assistant:), "
+                     "or a .jinja file; default: the model's own, align's default if it has none",
+    "dtype": "weights while training: float32 (default: master weights, bf16 autocast where the GPU has it), "
+             "bfloat16, float16 or auto (the checkpoint's)",
+}
 KEYS = {
     "model": "the model to fine-tune: ${stages.pretrain}, a model folder or a hub id",
     "dataset": "conversations (messages) or prompt-completion pairs",
@@ -22,7 +29,9 @@ KEYS = {
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
     "merge": "also save the adapter merged into the base under merged/, which later stages load (default true); "
              "after QLoRA it is merged into the full-precision base, so merged/ is a normal float model",
+    **MODEL_KEYS,
 }
+log = logging.getLogger("align")
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
 
@@ -51,7 +60,56 @@ def load_for_training(ctx, key: str = "model", *, classifier: bool = False):
     LoRA is on unless ``lora: false``; for a reward model (``classifier``) only when ``lora:`` is given."""
     lora = bool(ctx.spec.get("lora")) if classifier else ctx.spec.get("lora") is not False
     quant = quantization_config(ctx.spec.get("quantization"), lora=lora, where=ctx.where("quantization"))
-    return models.load_for_training(ctx.spec[key], quantization=quant, classifier=classifier, field=ctx.where(key))
+    return models.load_for_training(ctx.spec[key], quantization=quant, classifier=classifier, field=ctx.where(key),
+                                    dtype=ctx.spec.get("dtype"))
+
+
+def conversation_template(ctx, tokenizer, ds) -> None:
+    """Conversational data is rendered with the recipe's ``chat_template:``, the model's own, or align's default."""
+    from trl.data_utils import is_conversational
+
+    from align.chat_templates import prepare_chat_template
+
+    if len(ds) and is_conversational(ds[0]):
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+
+
+def last_turn_as_completion(ds, where: str):
+    """messages -> prompt (every turn before the last) + completion (the last, an assistant turn). TRL's
+    completion-only loss then trains exactly the final reply, whatever the template, with no generation markers."""
+    def split(row, index):
+        messages = row["messages"]
+        if not messages or messages[-1]["role"] != "assistant" or len(messages) < 2:
+            raise AlignError(f"{where}: row {index} does not end with an assistant turn after a prompt, so it has no "
+                             f"completion to train on.")
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+    return ds.map(split, with_indices=True, remove_columns=ds.column_names)
+
+
+def prepare_conversations(ctx, tokenizer, train, evals):
+    """Make conversations trainable on the model's own template. Assistant-only loss needs {% generation %}
+    markers; TRL patches the Hub templates it knows. For any other template (Llama-3.1's, a user's own) align
+    trains on the last assistant turn as a completion instead, and says so; asking for assistant_only_loss
+    explicitly then is an error with the choices."""
+    from align.chat_templates import assistant_only_template, prepare_chat_template
+
+    prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+    user_args = ctx.spec.get("args") or {}
+    if not user_args.get("assistant_only_loss", True) or assistant_only_template(tokenizer) is not None:
+        return train, evals, {"assistant_only_loss": bool(user_args.get("assistant_only_loss", True))}
+    if "assistant_only_loss" in user_args:
+        raise AlignError(
+            f"{ctx.where('args.assistant_only_loss')}: the chat template has no {{% generation %}} markers and TRL "
+            f"cannot patch it, so the assistant tokens cannot be masked. Choose one: remove assistant_only_loss "
+            f"(align then trains on each conversation's last assistant turn as a completion), set it to false "
+            f"(loss on every token, prompts included), give prompt-completion data, or set "
+            f"{ctx.where('chat_template')} to a template with markers.")
+    log.info("%s: the chat template has no {%% generation %%} markers and TRL cannot patch it; training on each "
+             "conversation's last assistant turn (completion-only loss) instead of every assistant turn.", ctx.where("chat_template"))
+    train = last_turn_as_completion(train, ctx.where("dataset"))
+    evals = last_turn_as_completion(evals, ctx.where("eval_dataset")) if evals is not None else None
+    return train, evals, {"assistant_only_loss": False, "completion_only_loss": True}
 
 
 def run(ctx) -> dict:
@@ -61,12 +119,16 @@ def run(ctx) -> dict:
     train = ctx.dataset("dataset", expected=("conversational", "prompt_completion"), tokenizer=tokenizer)
     evals = ctx.dataset("eval_dataset", expected=("conversational", "prompt_completion"), tokenizer=tokenizer) \
         if "eval_dataset" in ctx.spec else None
-    conversational = "messages" in train.column_names
+    loss = {}
+    if "messages" in train.column_names:
+        train, evals, loss = prepare_conversations(ctx, tokenizer, train, evals)
+    else:
+        conversation_template(ctx, tokenizer, train)
     args = ctx.config(
         config_class(),
         learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
-        per_device_train_batch_size=16, max_length=512, assistant_only_loss=conversational,
-        eval_strategy="epoch" if evals is not None else "no",
+        per_device_train_batch_size=16, max_length=512, eval_strategy="epoch" if evals is not None else "no",
+        **loss,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
@@ -78,7 +140,7 @@ def run(ctx) -> dict:
     ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
         if ctx.spec.get("merge", True) and hasattr(trainer.model, "merge_and_unload"):
-            base = partial(load_causal_lm, ctx.spec["model"], field=ctx.where("model"))
+            base = partial(load_causal_lm, ctx.spec["model"], field=ctx.where("model"), training=True)
             merge_lora(trainer.model, base).save_pretrained(ctx.out_dir / "merged")
             tokenizer.save_pretrained(ctx.out_dir / "merged")
     return metrics

@@ -145,7 +145,7 @@ def test_hub_arguments_and_offline_error(monkeypatch):
     ({"path": "a.jsonl", "split": "validation"}, r"datasets.d: could not read .*a.jsonl as json \(split 'validation'\)"),
     ({"path": "a.xml"}, r"datasets.d: cannot read a.xml: .xml is not supported"),
     ({"path": "bad.jsonl"}, r"datasets.d: could not read bad.jsonl as json .*JSON parse error"),
-    ({"path": "a.jsonl", "convert": "ultrafeedback"}, r"datasets.d.convert: unknown conversion 'ultrafeedback'"),
+    ({"path": "a.jsonl", "convert": "alpaca"}, r"datasets.d.convert: unknown conversion 'alpaca'; available: hh-rlhf, ultrafeedback, sharegpt"),
     ({"path": ["a.jsonl", "a.txt"]}, r"datasets.d: the files mix formats \(json, text\)"),
     ({"path": ["a.jsonl", "b.jsonl"]}, r"datasets.d: could not read a.jsonl, b.jsonl as json .*CastError: Couldn't cast b: string"),
     ({"path": 3}, r"datasets.d.path: expected a file path or a list of them"),
