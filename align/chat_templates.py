@@ -30,6 +30,16 @@ DEFAULT_TEMPLATE = (
 )
 
 
+def adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def default_template(tokenizer) -> str:
+    """align's template, opened with BOS when the tokenizer adds one to plain text (OPT), as the model was trained."""
+    return ("{{ bos_token }}" if adds_bos(tokenizer) else "") + DEFAULT_TEMPLATE
+
+
 def shipped_templates() -> dict[str, Path]:
     """The real chat templates TRL ships (``trl/chat_templates/<name>.jinja``), without its training variants."""
     import trl
@@ -42,8 +52,6 @@ def resolve_chat_template(value: str, *, where: str) -> str:
     """``default``, a TRL-shipped template name, a ``.jinja`` file, or the template text itself."""
     if not isinstance(value, str) or not value.strip():
         raise AlignError(f"{where}: expected a template name, a .jinja file or template text; got {value!r}.")
-    if value == "default":
-        return DEFAULT_TEMPLATE
     if "{%" in value or "{{" in value:
         return value
     shipped = shipped_templates()
@@ -59,11 +67,14 @@ def resolve_chat_template(value: str, *, where: str) -> str:
 def prepare_chat_template(tokenizer, value=None, *, where: str):
     """Set the recipe's template on ``tokenizer``, or align's default when it has none; returns the tokenizer.
     Call it only where conversations are rendered: a template-less model trained on plain text stays template-less."""
-    if value is not None:
+    if value == "default":
+        tokenizer.chat_template = default_template(tokenizer)
+        log.info("%s: using align's default chat template", where)
+    elif value is not None:
         tokenizer.chat_template = resolve_chat_template(value, where=where)
         log.info("%s: using chat template %s", where, value if len(str(value)) < 60 else "(inline)")
     elif tokenizer.chat_template is None:
-        tokenizer.chat_template = DEFAULT_TEMPLATE
+        tokenizer.chat_template = default_template(tokenizer)
         log.info("%s: the model has no chat template; conversations use align's default (User:/Assistant: turns "
                  "closed by EOS %r). Set %s to choose another.", where.rsplit(".", 1)[0], tokenizer.eos_token, where)
     return tokenizer

@@ -59,3 +59,22 @@ def micro_full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("micro_full")
     recipe = load_recipe(REPO / "tests" / "recipes" / "micro_full.yaml", output_dir=str(out))
     return out, run_recipe(recipe, echo=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def hub_replica(tmp_path_factory):
+    """``hub_replica("llama3")`` -> Path of a tiny offline replica of that Hub checkpoint (see align.testing).
+
+    Each family is built once per test session (about a second each).
+    """
+    from align.testing import build_replica
+
+    root = tmp_path_factory.mktemp("hub_replicas")
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_replica(family, root / family)
+        return built[family]
+
+    return get

@@ -51,6 +51,9 @@ def run(ctx) -> dict:
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
                             processing_class=tokenizer, peft_config=peft)
     fp32_adapters_without_autocast(trainer.model, args)
+    if len(trainer.train_dataset) == 0:
+        raise AlignError(f"stages.{ctx.name}: every training pair is longer than args.max_length={args.max_length} "
+                         f"tokens and was dropped, so there is nothing to train on; raise max_length.")
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     if len(trainer.eval_dataset) == 0:
         raise AlignError(f"stages.{ctx.name}: every held-out pair is longer than args.max_length={args.max_length} "

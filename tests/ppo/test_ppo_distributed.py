@@ -36,6 +36,7 @@ SCRIPT = textwrap.dedent('''
     prompts = datasets.Dataset.from_dict({"prompt": ["the cat", "a dog is", "my phone", "the lamp was very"] * 8})
     t = PPOTrainer(AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=[reward], processing_class=tok,
                    args=args, train_dataset=prompts, callbacks=[DieAt3()])
+    sampling_seed = torch.initial_seed()
     controller, local, in_iteration = [], [], [False]  # the KL the controller got; this rank's own mean KL
     update, rollout, iteration = t.kl_ctl.update, t.rollout, t.iteration
 
@@ -62,7 +63,7 @@ SCRIPT = textwrap.dedent('''
     logs = [h for h in t.state.log_history if "objective/kl" in h]
     json.dump({"world": t.accelerator.num_processes, "prompts": t.prompts_seen, "controller_kl": controller, "local_kl": local,
                "kl_coef": [h["kl_coef"] for h in logs], "kl": [h["objective/kl"] for h in logs],
-               "weights": hashlib.md5(weights).hexdigest()},
+               "weights": hashlib.md5(weights).hexdigest(), "sampling_seed": sampling_seed},
               open(f"{out}/rank{t.accelerator.process_index}_{mode}.json", "w"))
     # Tear the gloo group down before exit; otherwise a rank can abort at interpreter shutdown.
     t.accelerator.wait_for_everyone()
@@ -85,6 +86,7 @@ def test_two_ranks_share_the_controller_and_resume_exactly(tmp_path, tiny_model_
     launch(tmp_path, tiny_model_dir, tmp_path / "full", "full")
     ranks = [json.loads((tmp_path / "full" / f"rank{r}_full.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2
+    assert ranks[0]["sampling_seed"] != ranks[1]["sampling_seed"]  # each rank samples its own responses
     # 8 prompts per rank per iteration: the first two iterations of both ranks make one pass over the 32
     assert not set(ranks[0]["prompts"][:8]) & set(ranks[1]["prompts"][:8])
     assert sorted(ranks[0]["prompts"][:16] + ranks[1]["prompts"][:16]) == list(range(32))
