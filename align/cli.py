@@ -48,7 +48,8 @@ def cmd_generate(args) -> int:
 
     for prompt, response in zip(args.prompt, generate_chat(
             args.stage_dir, args.prompt, max_new_tokens=args.max_new_tokens, greedy=args.greedy,
-            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, chat=not args.raw)):
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, chat=not args.raw,
+            chat_template=args.chat_template)):
         print(f"### prompt\n{prompt}\n### response\n{response}\n")
     return 0
 
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--raw", action="store_true", help="continue the prompt as plain text (no chat template)")
+    p.add_argument("--chat-template", help="a template TRL ships (e.g. qwen2_5), default, or a .jinja file "
+                                           "(default: the model's own; align's default if it has none)")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("compare", help="merge several runs' evaluations into one reward-vs-KL frontier")
     p.add_argument("run_dirs", nargs="+", help="run folders (each holding a finished evaluate stage)")

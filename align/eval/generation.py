@@ -176,8 +176,9 @@ def generate_chat(model_or_path, prompts, *, tokenizer=None, **kwargs) -> list[s
     else:
         model = model_or_path
         tokenizer = tokenizer or load_tokenizer(model.name_or_path)
+    chat_template = kwargs.pop("chat_template", None)
     if kwargs.get("chat", True):
-        prepare_chat_template(tokenizer, kwargs.pop("chat_template", None), where="chat_template")
+        prepare_chat_template(tokenizer, chat_template, where="chat_template")
     note_ignored_settings(model, "generate")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     return generate(model, tokenizer, prompts, **kwargs)
