@@ -102,6 +102,16 @@ def decoding_config(*, max_new_tokens: int, stop_ids: list[int], pad_id: int, gr
                             use_cache=True)
 
 
+def neutral_generation_config(model):
+    """The model's generation_config with every sampling setting neutral and its stop/pad/BOS ids kept: for
+    trainers (TRL's GRPO/RLOO) that declare a few settings and let transformers fill the rest from the model."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    return GenerationConfig(**NEUTRAL_DECODING, do_sample=True, temperature=1.0, bos_token_id=own.bos_token_id,
+                            eos_token_id=own.eos_token_id, pad_token_id=own.pad_token_id)
+
+
 @contextlib.contextmanager
 def declared_decoding(model, config):
     """``model.generate`` samples with exactly ``config``: transformers fills every field left unset from the

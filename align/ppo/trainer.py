@@ -59,7 +59,7 @@ def disable_dropout(model: nn.Module) -> None:
         if isinstance(module, nn.Dropout):
             module.p = 0.0
         for name, value in vars(module).items():
-            if isinstance(value, float) and not isinstance(value, bool) and (name.endswith(("dropout", "pdrop"))):
+            if isinstance(value, float) and name.endswith(("dropout", "pdrop")):
                 setattr(module, name, 0.0)
 
 

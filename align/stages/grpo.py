@@ -53,7 +53,14 @@ def reward_functions(ctx) -> list:
 
 def run_online(ctx, trainer_class, config, **defaults) -> dict:
     """Shared by grpo and rloo: same inputs, same judges-as-rewards, different TRL trainer."""
+    from align.eval.generation import neutral_generation_config, note_ignored_settings
+
     model, tokenizer = load_for_training(ctx)
+    # TRL sets temperature/top_p/top_k/min_p/repetition_penalty; anything else the checkpoint ships (typical_p,
+    # suppress_tokens, no_repeat_ngram_size ...) would still apply while sampling: only the recipe's settings count
+    if ctx.is_main_process:
+        note_ignored_settings(model, ctx.name)
+    shipped, model.generation_config = model.generation_config, neutral_generation_config(model)
     train = ctx.dataset("dataset", expected="prompt_only", tokenizer=tokenizer)
     conversation_template(ctx, tokenizer, train)
     args = ctx.config(config, learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8,
@@ -73,6 +80,7 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
                "reward_first": logs[0]["reward"] if logs else None, "reward_last": logs[-1]["reward"] if logs else None,
                "kl_last": logs[-1].get("kl") if logs else None}
+    model.generation_config = shipped  # saved as the checkpoint had it
     ctx.save(trainer, tokenizer)
     return metrics
 
