@@ -1,0 +1,26 @@
+# Two commands from a fresh clone:
+#   make quickstart   # creates .venv if needed, installs align, runs recipes/quickstart.yaml
+#   make test         # the same environment, then the test suite
+# The environment is reused while pyproject.toml is unchanged. Without a CUDA GPU torch is the pinned CPU
+# build; with one (nvidia-smi present) pip's default CUDA build. Override with TORCH_SPEC="torch==..." make test.
+VENV ?= .venv
+PYTHON ?= python3
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAS_CUDA),torch,torch==2.13.0)
+
+.PHONY: install quickstart test
+
+$(VENV)/.align-installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.align-installed
+
+quickstart: install
+	$(VENV)/bin/align run recipes/quickstart.yaml
+
+test: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
