@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from align.errors import AlignError
 from align.eval.generation import declared_decoding, generate, pad_batch, prompt_ids
 from align.models import load_causal_lm, load_for_training, load_tokenizer
-from align.testing import length_judge
+from align.testing import FAMILIES, length_judge
 
 PROMPTS = ["Write a review of the lamp.", [{"role": "user", "content": "What do you think of the phone?"}]]
 
@@ -48,7 +48,7 @@ def ppo_trainer(path, tmp_path, prompts, **kwargs):
                       train_dataset=datasets.Dataset.from_dict({"prompt": prompts}), **kwargs)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5", "gemma3"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_ppo_rollout_logprobs_are_those_of_the_sampler(family, hub_replica, tmp_path):
     """The log-probs PPO trains on equal the sampler's own (transformers' processed scores), even when the
     checkpoint ships min_p / typical_p / suppress_tokens / a repetition penalty."""
