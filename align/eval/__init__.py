@@ -1,6 +1,7 @@
 """Evaluation: generation, judges, KL to a reference, perplexity / bits per byte and win rates.
 
-The two metrics also ship as offline ``evaluate`` modules: ``evaluate.load(str(metric_path("perplexity")))``.
+The metrics also ship as offline ``evaluate`` modules (perplexity, win_rate, distinct_n):
+``evaluate.load(str(metric_path("perplexity")))``; the evaluate stage computes through them.
 """
 
 from pathlib import Path

@@ -28,14 +28,17 @@ def win_rate_cell(win: dict | None) -> str:
 
 def policy_table(policies: list[Policy], judges: list[str], reference: str) -> tuple[list[str], list[list[str]]]:
     """Every policy's numbers: score per judge (primary first), win rate with its 95 % interval, KL, length, perplexity."""
+    extra = list(dict.fromkeys(k for p in policies for k in (p.metrics.get("extra_metrics") or {})))
     headers = ["policy", "kind", *[f"{j} score" + (" (primary)" if i == 0 else "") for i, j in enumerate(judges)],
-               f"win rate vs {reference} [95 % CI]", "KL k1", "KL k3", "length (tokens)", "perplexity", "bits/byte"]
+               f"win rate vs {reference} [95 % CI]", "KL k1", "KL k3", "length (tokens)", "perplexity", "bits/byte",
+               *extra]
     rows = []
     for p in policies:
         m = p.metrics
         rows.append([p.name, p.kind or DASH, *[score_cell(m, j) for j in judges], win_rate_cell(m.get("win_rate")),
                      fmt(m.get("kl")), fmt(m.get("kl_k3")), fmt(m.get("response_length"), 1),
-                     fmt(m.get("perplexity"), 2), fmt(m.get("bits_per_byte"))])
+                     fmt(m.get("perplexity"), 2), fmt(m.get("bits_per_byte")),
+                     *[fmt((m.get("extra_metrics") or {}).get(k)) for k in extra]])
     return headers, rows
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 from align.errors import AlignError
 
 REQUIRED = ("policies", "prompts", "judges")
 DATASET_KEYS = ("prompts", "heldout")
+EXPECTED = {"prompts": "prompt_only", "heldout": "language_modeling"}  # format per dataset key
 JUDGE_KEYS = ("judges",)
 KEYS = {
     "policies": "mapping of names to policies, e.g. {sft: ${stages.sft}, ppo: ${stages.ppo}, dpo: ${stages.dpo}}",
@@ -25,6 +27,8 @@ KEYS = {
     "generation": "decoding: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), greedy (false), batch_size (32)",
     "limit": "evaluate on the first N prompts only",
     "n_bootstrap": "bootstrap resamples for win-rate intervals (default 2000)",
+    "metrics": "extra `evaluate` modules applied to every policy's responses: a bundled name (distinct_n), a local "
+               "module folder or file, or a hub id (online); or {module: ..., args: {...}} for compute() arguments",
     "chat": "render prompts with each policy's chat template (default true); false continues them as raw text",
     "chat_template": "the template prompts are rendered with: a TRL-shipped name, default, or a .jinja file "
                      "(default: each policy's own; align's default for a model without one)",
@@ -69,7 +73,6 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
 
     Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
     so the records are the same whatever the number of processes."""
-    from align.eval import perplexity
     from align.eval.generation import generate, note_ignored_settings
     from align.eval.kl import kl_from_ids
     from align.models import load_causal_lm
@@ -98,9 +101,53 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
         record["prompt_id"] = i
     extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
     if heldout_texts:
-        ppl = perplexity(model, tokenizer, heldout_texts)
+        ppl = load_metric("perplexity", ctx.where("heldout")).compute(predictions=heldout_texts, model=model,
+                                                                       tokenizer=tokenizer)
         extra.update(perplexity=ppl["mean_perplexity"], bits_per_byte=ppl["bits_per_byte"])
+    extra["extra_metrics"] = extra_metrics(ctx, [r["response"] for r in records])
     return extra, records
+
+
+def metric_specs(ctx) -> list[tuple[str, str, dict]]:
+    """``metrics:`` entries as (column name, module, compute() arguments)."""
+    specs = ctx.spec.get("metrics") or []
+    if not isinstance(specs, list):
+        raise AlignError(f"{ctx.where('metrics')}: expected a list of evaluate modules, e.g. [distinct_n], got {specs!r}.")
+    out = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, str):
+            spec = {"module": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("module"), str) or set(spec) - {"module", "args"}:
+            raise AlignError(f"{ctx.where(f'metrics[{i}]')}: expected a module name/path or {{module: ..., args: {{...}}}}, "
+                             f"got {spec!r}.")
+        out.append((Path(spec["module"]).stem, spec["module"], dict(spec.get("args") or {})))
+    return out
+
+
+def load_metric(module: str, where: str):
+    """An ``evaluate`` module: one of align's bundled folders by name, a local folder/file, or a hub id."""
+    import evaluate
+
+    from align.eval import METRICS_DIR
+
+    bundled = METRICS_DIR / module
+    target = str(bundled) if (bundled / f"{module}.py").exists() else module
+    try:
+        return evaluate.load(target)
+    except Exception as e:  # a missing file, a module that does not import, no network for a hub id
+        raise AlignError(f"{where}: cannot load the evaluate module {module!r} ({type(e).__name__}: {e}). Give one of "
+                         f"align's ({', '.join(p.name for p in METRICS_DIR.iterdir() if p.is_dir())}), a local module "
+                         f"folder or .py file, or a hub id when online.") from None
+
+
+def extra_metrics(ctx, responses: list[str]) -> dict:
+    """Every ``metrics:`` module on one policy's responses; numeric results only, named ``<module>/<key>``."""
+    values = {}
+    for name, module, args in metric_specs(ctx):
+        result = load_metric(module, ctx.where("metrics")).compute(predictions=responses, **args)
+        values.update({f"{name}/{k}": float(v) for k, v in (result or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return values
 
 
 def summarise(records: list[dict], judge_names: list[str]) -> dict:
@@ -115,7 +162,7 @@ def summarise(records: list[dict], judge_names: list[str]) -> dict:
 
 
 def run(ctx) -> dict:
-    from align.eval import build_judge, win_rate
+    from align.eval import build_judge
     from align.models import load_causal_lm
 
     policies = ctx.spec["policies"]
@@ -128,10 +175,12 @@ def run(ctx) -> dict:
     judge_names = ctx.spec["judges"] if isinstance(ctx.spec["judges"], list) else [ctx.spec["judges"]]
     judges = {name: build_judge(name, ctx.recipe.judges[name]) for name in judge_names}
     primary = judge_names[0]
+    for name, module, _ in metric_specs(ctx):  # a bad metric fails now, not after minutes of sampling
+        load_metric(module, ctx.where("metrics"))
     generation = ctx.options("generation", GENERATION_DEFAULTS)
-    prompts_ds = ctx.dataset("prompts", expected="prompt_only")
+    prompts_ds = ctx.dataset("prompts", expected=EXPECTED["prompts"])
     prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
-    heldout = ctx.dataset("heldout", expected="language_modeling")["text"] if "heldout" in ctx.spec else None
+    heldout = ctx.dataset("heldout", expected=EXPECTED["heldout"])["text"] if "heldout" in ctx.spec else None
 
     reference = (load_causal_lm(policies[reference_name]), load_policy_tokenizer(ctx, policies[reference_name]))
     results, by_policy = {}, {}
@@ -144,6 +193,10 @@ def run(ctx) -> dict:
 
     n_bootstrap = int(ctx.spec.get("n_bootstrap", 2000))
     judge = judges[primary]
+    win_rate_metric = load_metric("win_rate", ctx.where("judges"))
+
+    def win_rate(outcomes: list[float], **kwargs) -> dict:
+        return win_rate_metric.compute(predictions=outcomes, **kwargs)
 
     def outcomes(a: str, b: str) -> list[float]:
         return judge.compare([r["prompt"] for r in by_policy[a]], [r["response"] for r in by_policy[a]],
