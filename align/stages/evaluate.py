@@ -203,17 +203,22 @@ def run(ctx) -> dict:
                              [r["response"] for r in by_policy[b]])
 
     names = list(policies)
-    pairwise = [[0.5 if a == b else win_rate(outcomes(a, b), n_bootstrap=n_bootstrap, seed=ctx.seed)["win_rate"]
+    # each unordered pair judged once (an LLM judge already asks both orders); b vs a is 1 - (a vs b)
+    judged = {(a, b): outcomes(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
+    judged.update({(b, a): [1.0 - x for x in o] for (a, b), o in list(judged.items())})
+    judged.update({(a, a): [0.5] * len(prompts) for a in names})
+    pairwise = [[0.5 if a == b else win_rate(judged[a, b], n_bootstrap=n_bootstrap, seed=ctx.seed)["win_rate"]
                  for b in names] for a in names]
     for name in names:
         results[name].update(summarise(by_policy[name], judge_names))
         results[name]["win_rate"] = {"vs": reference_name, "judge": primary,
-                                     **win_rate(outcomes(name, reference_name), n_bootstrap=n_bootstrap, seed=ctx.seed)}
+                                     **win_rate(judged[name, reference_name], n_bootstrap=n_bootstrap, seed=ctx.seed)}
     metrics = {"reference": reference_name, "primary_judge": primary, "kl_estimator": KL_ESTIMATOR,
                "n_prompts": len(prompts),
                "decoding": {**generation, "chat": bool(ctx.spec.get("chat", True)),
                             "note": "declared settings only; every checkpoint's own generation_config is ignored"}, "policies": results,
-               "pairwise": {"judge": primary, "policies": names, "win_rate": pairwise}}
+               "pairwise": {"judge": primary, "policies": names, "win_rate": pairwise,
+                            "outcomes": {f"{a} vs {b}": judged[a, b] for i, a in enumerate(names) for b in names[i + 1:]}}}
     if ctx.is_main_process:
         with open(ctx.out_dir / "samples.jsonl", "w") as f:
             for r in records:
