@@ -1,15 +1,22 @@
 """Run a recipe's stages in order under accelerate: skip finished ones, resume interrupted ones.
 
 A stage is finished when ``<stage>/.align_complete.json`` exists and holds the hash of the
-stage's current resolved spec (which includes the completion fingerprints of the stages it
-reads). The marker is written last and atomically, so a killed run never looks finished. A stage
-that starts with the same hash as an interrupted attempt resumes from its last checkpoint; with a
-different hash its folder is cleared first. Only the main process writes; all processes wait at
-barriers between stages.
+stage's current fingerprint: its resolved spec and seed, the completion fingerprints of the
+stages it reads, its datasets, its judges, the source files of the user modules it calls (judge
+functions, dataset ``map`` functions) and align's version. The marker is written last and
+atomically, so a killed run never looks finished.
+
+Finished work is never destroyed by a failed attempt: a stage that already has a result and must
+re-run is built in ``<run>/.attempts/<stage>/`` beside it (``ctx.out_dir`` points there while it runs;
+``${stages.X}`` references keep naming the final folder) and swapped in only once it has
+finished. A stage that starts with the same hash as an interrupted attempt resumes from that
+attempt's last checkpoint; with a different hash the attempt is cleared first. Only the main
+process writes; all processes wait at barriers between stages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -42,8 +49,43 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def spec_hash(recipe: Recipe, stage: Stage) -> str | None:
-    """Hash of everything that determines a stage's output; None while an input is unfinished."""
+def short_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_code_seen: dict[str, str] = {}  # module -> hash of its file when this process last fingerprinted it
+
+
+def module_code_hash(target: str) -> str:
+    """Hash of the source file of the module in ``module:function``, found without importing it.
+
+    A module that was edited since this process last hashed it is dropped from ``sys.modules``,
+    so the stage that re-runs because of the edit imports the new code (notebooks, tests)."""
+    import importlib.util
+    import sys
+
+    module = str(target).partition(":")[0].strip()
+    importlib.invalidate_caches()  # a module file written a moment ago
+    try:
+        found = importlib.util.find_spec(module)
+    except Exception:  # a parent package that fails to import, a module without a spec
+        found = None
+    origin = found.origin if found is not None and found.has_location else None
+    if not origin or not os.path.isfile(origin):
+        return "not found"  # the stage itself reports the import error
+    digest = hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16]
+    if _code_seen.get(module, digest) != digest:
+        sys.modules.pop(module, None)
+        with contextlib.suppress(OSError, NotImplementedError, ValueError):  # stale bytecode (same-second edit)
+            os.remove(importlib.util.cache_from_source(origin))
+    _code_seen[module] = digest
+    return digest
+
+
+def fingerprint_parts(recipe: Recipe, stage: Stage) -> dict[str, str] | None:
+    """What determines a stage's output, part by part (so a re-run can say which part changed);
+    None while an input is unfinished."""
+    import align
     from align.data import fingerprint
     from align.stages import stage_module
 
@@ -53,7 +95,7 @@ def spec_hash(recipe: Recipe, stage: Stage) -> str | None:
 
     def canonical(value: Any) -> Any:
         if isinstance(value, StageRef):
-            return f"stage:{markers[value.stage]['fingerprint']}"
+            return f"stage:{value.stage}"  # its fingerprint is the part "input <stage>"
         if isinstance(value, dict):
             return {k: canonical(v) for k, v in sorted(value.items())}
         if isinstance(value, list):
@@ -61,24 +103,152 @@ def spec_hash(recipe: Recipe, stage: Stage) -> str | None:
         return value
 
     module = stage_module(stage.kind)
-    inputs = {}
+    parts = {"spec": short_hash({"kind": stage.kind, "spec": canonical(stage.spec)}), "seed": str(recipe.seed),
+             "align": str(getattr(align, "__version__", "unknown"))}
+    for dep, marker in markers.items():
+        parts[f"input {dep}"] = str(marker.get("fingerprint"))
+
+    def dataset(label: str, spec: dict) -> None:
+        if spec.get("map"):  # first: an edited module is re-imported by what follows
+            parts[f"code {str(spec['map']).partition(':')[0]} (dataset {label} map)"] = module_code_hash(spec["map"])
+        parts[f"dataset {label}"] = fingerprint(plain(spec))
+
     for key in getattr(module, "DATASET_KEYS", ()):
         value = stage.spec.get(key)
         if isinstance(value, str) and not isinstance(value, StageRef):
-            inputs[f"dataset:{value}"] = fingerprint(plain(recipe.datasets[value]))
+            dataset(value, recipe.datasets[value])
         elif isinstance(value, dict):
-            inputs[f"dataset:{key}"] = fingerprint(plain(value))
+            dataset(key, value)
     for key in getattr(module, "JUDGE_KEYS", ()):
         names = stage.spec.get(key) or []
         for name in names if isinstance(names, list) else [names]:
-            inputs[f"judge:{name}"] = canonical(recipe.judges[name])
-    payload = {"kind": stage.kind, "seed": recipe.seed, "spec": canonical(stage.spec), "inputs": inputs}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            judge = recipe.judges[name]
+            parts[f"judge {name}"] = short_hash(canonical(judge))
+            if judge.get("function"):
+                module_name = str(judge["function"]).partition(":")[0]
+                parts[f"code {module_name} (judge {name})"] = module_code_hash(judge["function"])
+    return parts
+
+
+def spec_hash(recipe: Recipe, stage: Stage) -> str | None:
+    """Hash of everything that determines a stage's output; None while an input is unfinished."""
+    parts = fingerprint_parts(recipe, stage)
+    return None if parts is None else short_hash(parts)
+
+
+def rerun_reasons(marker: dict | None, parts: dict[str, str]) -> list[str]:
+    """Why a finished stage's result no longer matches, from the parts recorded in its marker."""
+    old = (marker or {}).get("parts")
+    if not isinstance(old, dict):
+        return ["fingerprint changed (result from an older align)"]
+    reasons = []
+    for key in [*parts, *(k for k in old if k not in parts)]:
+        if old.get(key) == parts.get(key):
+            continue
+        if key == "align":
+            reasons.append(f"code changed: align {old.get(key)} -> {parts.get(key)}")
+        elif key.startswith("code "):
+            reasons.append(f"code changed: {key[5:]}")
+        elif key in ("spec", "seed"):
+            reasons.append(f"{key} changed")
+        elif key not in parts:
+            reasons.append(f"{key} no longer used")
+        else:
+            reasons.append(f"{key} changed")
+    return reasons or ["fingerprint changed"]
 
 
 def plain(spec: dict) -> dict:
     """A dataset spec as the data layer takes it: references become plain folder paths."""
     return {k: str(v) if isinstance(v, StageRef) else v for k, v in spec.items()}
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` (as YAML gave it) fits a config field's annotation; unknown types accept anything."""
+    import enum
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if annotation is Any or isinstance(annotation, (str, typing.TypeVar)):
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(accepts(arg, value) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if origin in (list, tuple, set, frozenset):  # libraries take a single item for a list too
+        items = typing.get_args(annotation)
+        item = items[0] if items else Any
+        return (all(accepts(item, v) for v in value) if isinstance(value, list) else accepts(item, value))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, annotation) or value in {m.value for m in annotation}
+    return True
+
+
+def describe_type(annotation: Any) -> str:
+    import enum
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(describe_type(a) for a in typing.get_args(annotation)))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple, set, frozenset):
+        items = typing.get_args(annotation)
+        plural = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {plural[items[0]]}" if items and items[0] in plural else "a list"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in annotation)
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+             type(None): "null", None: "null"}
+    return names.get(origin or annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def check_arg_types(config_class, args: dict | None, where: str) -> None:
+    """``args:`` values of the wrong type (``learning_rate: fast``) are errors naming the key, before
+    anything runs: most would otherwise surface as a TypeError deep inside training."""
+    import typing
+
+    if not args:
+        return
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # annotations this Python cannot evaluate: leave the checks to the class
+        return
+    for key, value in args.items():
+        if key in hints and not accepts(hints[key], value):
+            hint = " (YAML reads yes/no/on/off as true/false: quote the string)" if isinstance(value, bool) else ""
+            raise AlignError(f"{where}.{key}: {config_class.__name__} expects {describe_type(hints[key])}, "
+                             f"got {value!r} ({type(value).__name__}){hint}.")
+
+
+def check_recipe_args(recipe: Recipe, stages: list[Stage] | None = None) -> None:
+    """Type-check every stage's ``args:`` against its config class (seconds; nothing is written)."""
+    from align.stages import stage_module
+
+    for stage in stages if stages is not None else recipe.stages.values():
+        module = stage_module(stage.kind)
+        if stage.spec.get("args") and hasattr(module, "config_class"):
+            check_arg_types(module.config_class(), stage.spec["args"], f"stages.{stage.name}.args")
 
 
 @dataclasses.dataclass
@@ -88,6 +258,7 @@ class StageContext:
     recipe: Recipe
     stage: Stage
     state: Any  # accelerate.PartialState
+    work_dir: Path | None = None  # where this attempt writes (.attempts/<stage>/ while a finished result stays)
 
     @property
     def name(self) -> str:
@@ -99,7 +270,8 @@ class StageContext:
 
     @property
     def out_dir(self) -> Path:
-        return self.stage.out_dir
+        """The folder this attempt writes; it becomes ``stage.out_dir`` once the stage has finished."""
+        return self.work_dir or self.stage.out_dir
 
     @property
     def seed(self) -> int:
@@ -162,12 +334,21 @@ class StageContext:
             "use_cpu": not torch.cuda.is_available(),
             "dataloader_num_workers": 0,
         }
-        values = {k: v for k, v in {**common, **defaults}.items() if k in fields}
-        values.update(user)
+        check_arg_types(config_class, user, self.where("args"))
+        base = {k: v for k, v in {**common, **defaults}.items() if k in fields}
         try:
-            return config_class(**values)
+            return config_class(**{**base, **user})
         except (TypeError, ValueError) as e:
-            raise AlignError(f"{self.where('args')}: {config_class.__name__} rejected the arguments: {e}") from None
+            error = e
+        for key, value in user.items():  # name the argument that alone gives the same complaint
+            try:
+                config_class(**{**base, key: value})
+            except (TypeError, ValueError) as e:
+                if first_line(e) == first_line(error):
+                    raise AlignError(f"{self.where(f'args.{key}')}: {config_class.__name__} rejected {value!r}: "
+                                     f"{first_line(e)}") from None
+        raise AlignError(f"{self.where('args')}: {config_class.__name__} rejected the arguments together: "
+                         f"{first_line(error)}") from None
 
     def options(self, key: str, defaults: dict) -> dict:
         """A mapping key of the spec (e.g. ``generation``) over its defaults; unknown keys are errors."""
@@ -253,14 +434,20 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
              f"({state.distributed_type}){parallel} | device: {state.device}")
         for warning in launch_warnings(state.num_processes, torch.cuda.is_available()):
             echo(f"align: WARNING: {warning}")
+    check_recipe_args(recipe, stages)  # a wrong-typed arg fails here, before any folder is touched
+    if state.is_main_process:
+        for stage in recipe.stages.values():
+            recover_stage_dir(stage.out_dir)
+    state.wait_for_everyone()
     results: dict[str, dict] = {}
     for index, stage in enumerate(stages, 1):
         header = f"[{index}/{len(stages)}] {stage.name} ({stage.kind})"
-        digest = spec_hash(recipe, stage)
-        if digest is None:
+        parts = fingerprint_parts(recipe, stage)
+        if parts is None:
             unfinished = [d for d in stage.deps if read_marker(recipe.stages[d].out_dir) is None]
             raise AlignError(f"stage {stage.name} needs {', '.join(unfinished)} to have finished; run them first "
                              f"(drop --only, or add them to it).")
+        digest = short_hash(parts)
         marker = read_marker(stage.out_dir)
         forced = force or stage.name == from_stage
         if marker and marker.get("spec_hash") == digest and not forced:
@@ -268,35 +455,125 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
                 echo(f"{header}: done, skipping ({stage.out_dir})")
             results[stage.name] = marker.get("metrics", {})
             continue
+        # A finished result stays in place until the new attempt has finished; a first attempt runs in place.
+        work = attempt_dir(stage.out_dir) if marker else stage.out_dir
         if state.is_main_process:
-            echo(f"{header}: running -> {stage.out_dir}")
-            prepare_stage_dir(stage.out_dir, digest, fresh=forced or marker is not None)
+            resumes = prepare_stage_dir(work, digest, fresh=forced)
+            if work != stage.out_dir:
+                why = (f"forced ({'--from ' + stage.name if stage.name == from_stage else '--force'})" if forced
+                       else ", ".join(rerun_reasons(marker, parts)))
+                how = "resuming the interrupted attempt in" if resumes else "new result built in"
+                echo(f"{header}: re-runs: {why} -> {stage.out_dir} ({how} {ATTEMPTS}/{work.name}/, swapped in "
+                     f"when finished)")
+            else:
+                shutil.rmtree(attempt_dir(stage.out_dir), ignore_errors=True)  # stale: nothing finished to keep
+                tidy_attempts(stage.out_dir)
+                echo(f"{header}: {'resuming' if resumes else 'running'} -> {stage.out_dir}")
         state.wait_for_everyone()
         set_seed(recipe.seed)
         started = time.time()
-        metrics = stage_module(stage.kind).run(StageContext(recipe, stage, state)) or {}
-        metrics = {**metrics, "stage_seconds": round(time.time() - started, 1)}
+        try:
+            metrics = stage_module(stage.kind).run(StageContext(recipe, stage, state, work_dir=work)) or {}
+        except BaseException:
+            if state.is_main_process:
+                discard_failed_attempt(work, stage.out_dir)
+            raise
+        metrics = relocate({**metrics, "stage_seconds": round(time.time() - started, 1)}, work, stage.out_dir)
         state.wait_for_everyone()
         if state.is_main_process:
-            write_json_atomic(stage.out_dir / "metrics.json", metrics)
+            write_json_atomic(work / "metrics.json", metrics)
             finished = time.strftime("%Y-%m-%dT%H:%M:%S")
-            write_json_atomic(stage.out_dir / MARKER, {
+            write_json_atomic(work / MARKER, {
                 "stage": stage.name, "kind": stage.kind, "spec_hash": digest, "finished_at": finished,
                 "fingerprint": hashlib.sha256(f"{digest}{finished}{time.time_ns()}".encode()).hexdigest()[:16],
-                "metrics": metrics,
+                "parts": parts, "metrics": metrics,
             })
+            if work != stage.out_dir:
+                swap_in(work, stage.out_dir)
             echo(f"{header}: finished in {metrics['stage_seconds']} s -> {stage.out_dir}")
         state.wait_for_everyone()
         results[stage.name] = metrics
     return results
 
 
-def prepare_stage_dir(stage_dir: Path, digest: str, *, fresh: bool) -> None:
-    """Keep an interrupted attempt with the same spec (to resume); clear anything else."""
+ATTEMPTS = ".attempts"
+
+
+def attempt_dir(stage_dir: Path) -> Path:
+    """Where a stage that already has a finished result builds its next one: ``<run>/.attempts/<stage>/``
+    (the same base name, so model cards and logs name the stage)."""
+    return stage_dir.parent / ATTEMPTS / stage_dir.name
+
+
+def old_dir(stage_dir: Path) -> Path:
+    return stage_dir.parent / ATTEMPTS / f"{stage_dir.name}.old"
+
+
+def tidy_attempts(stage_dir: Path) -> None:
+    with contextlib.suppress(OSError):  # only when empty
+        (stage_dir.parent / ATTEMPTS).rmdir()
+
+
+def prepare_stage_dir(stage_dir: Path, digest: str, *, fresh: bool) -> bool:
+    """Keep an interrupted attempt with the same spec (to resume); clear anything else. True when
+    an interrupted attempt is kept."""
     started = stage_dir / STARTED
-    same_attempt = started.exists() and json.loads(started.read_text()).get("spec_hash") == digest
+    try:
+        same_attempt = json.loads(started.read_text()).get("spec_hash") == digest
+    except (FileNotFoundError, json.JSONDecodeError):
+        same_attempt = False
     if stage_dir.exists() and (fresh or not same_attempt):
         shutil.rmtree(stage_dir)
+        same_attempt = False
     stage_dir.mkdir(parents=True, exist_ok=True)
     if not started.exists():
         write_json_atomic(started, {"spec_hash": digest, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return same_attempt
+
+
+def swap_in(work: Path, stage_dir: Path) -> None:
+    """Replace the finished result in ``stage_dir`` by the finished attempt in ``work``: two renames,
+    then the old result is deleted. ``recover_stage_dir`` completes a swap cut short."""
+    old = old_dir(stage_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    if stage_dir.exists():
+        os.rename(stage_dir, old)
+    os.rename(work, stage_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    tidy_attempts(stage_dir)
+
+
+def recover_stage_dir(stage_dir: Path) -> None:
+    """After a run killed during ``swap_in``: put a finished result back in place."""
+    attempt, old = attempt_dir(stage_dir), old_dir(stage_dir)
+    if read_marker(attempt) is not None:  # finished, not yet swapped in: it is the newest result
+        swap_in(attempt, stage_dir)
+    elif old.exists() and not stage_dir.exists():
+        os.rename(old, stage_dir)
+    if old.exists() and read_marker(stage_dir) is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    tidy_attempts(stage_dir)
+
+
+def discard_failed_attempt(work: Path, stage_dir: Path) -> None:
+    """A failed attempt with no checkpoint to resume from leaves nothing behind (e.g. a config error)."""
+    if work.is_dir() and read_marker(work) is None and not any(work.glob("checkpoint-*")):
+        shutil.rmtree(work, ignore_errors=True)
+        tidy_attempts(stage_dir)
+
+
+def relocate(value: Any, work: Path, stage_dir: Path) -> Any:
+    """Paths into the attempt folder (e.g. a report's files) as they will be once it is swapped in."""
+    if work == stage_dir:
+        return value
+    if isinstance(value, str):
+        for prefix, target in ((str(work.resolve()), str(stage_dir.resolve())), (str(work), str(stage_dir))):
+            if value == prefix or value.startswith(prefix + os.sep):
+                return target + value[len(prefix):]
+        return value
+    if isinstance(value, dict):
+        return {k: relocate(v, work, stage_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relocate(v, work, stage_dir) for v in value]
+    return value
