@@ -33,13 +33,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from align.recipe import load_recipe
+    """A dry run: every problem a run would meet before training (all of them, one paragraph each), and the plan."""
+    from align.validate import validate_file
 
-    recipe = load_recipe(args.recipe, args.set, output_dir=args.output_dir)
-    print(f"{args.recipe}: valid recipe {recipe.name!r} with {len(recipe.stages)} stages -> {recipe.output_dir}")
-    for name, stage in recipe.stages.items():
-        deps = f" (after {', '.join(stage.deps)})" if stage.deps else ""
-        print(f"  {name}: {stage.kind}{deps}")
+    result = validate_file(args.recipe, args.set, output_dir=args.output_dir)
+    if result.recipe is not None:
+        print(result.report())
+    for problem in result.problems:
+        print(f"align: error: {problem}\n", file=sys.stderr)
+    if result.problems:
+        n = len(result.problems)
+        print(f"align: {n} problem{'s' if n != 1 else ''} in {args.recipe}; nothing was trained.", file=sys.stderr)
+        return 2
     return 0
 
 

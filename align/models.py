@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -77,11 +78,21 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """``gpt2`` or ``org/name``, not a path: no leading ./ or /, at most one slash, and no local folder ``org``."""
+    if not HUB_ID.match(value) or ".." in value or "--" in value or len(value) > 96:
+        return False
+    return "/" not in value or not Path(value.split("/")[0]).is_dir()
+
+
 def resolve_model_path(path: str | Path, *, field: str = "model", files=("config.json", "adapter_config.json")) -> str:
     """Accept a stage folder, a folder with a model/adapter, or a hub id (used as given)."""
     p = Path(path)
     if not p.exists():
-        if str(path).startswith((".", "/")) or p.suffix:
+        if not looks_like_hub_id(str(path)):
             raise AlignError(f"{field}: {path} does not exist. Give a stage reference like ${{stages.sft}}, "
                              f"a local model folder, or a hub model id.")
         return str(path)  # hub id; transformers reports network problems itself

@@ -168,87 +168,20 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def accepts(annotation: Any, value: Any) -> bool:
-    """Whether ``value`` (as YAML gave it) fits a config field's annotation; unknown types accept anything."""
-    import enum
-    import types
-    import typing
-
-    origin = typing.get_origin(annotation)
-    if annotation is Any or isinstance(annotation, (str, typing.TypeVar)):
-        return True
-    if annotation is None or annotation is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(accepts(arg, value) for arg in typing.get_args(annotation))
-    if origin is typing.Literal:
-        return value in typing.get_args(annotation)
-    if origin in (list, tuple, set, frozenset):  # libraries take a single item for a list too
-        items = typing.get_args(annotation)
-        item = items[0] if items else Any
-        return (all(accepts(item, v) for v in value) if isinstance(value, list) else accepts(item, value))
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return isinstance(value, annotation) or value in {m.value for m in annotation}
-    return True
-
-
-def describe_type(annotation: Any) -> str:
-    import enum
-    import types
-    import typing
-
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(dict.fromkeys(describe_type(a) for a in typing.get_args(annotation)))
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
-    if origin in (list, tuple, set, frozenset):
-        items = typing.get_args(annotation)
-        plural = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
-        return f"a list of {plural[items[0]]}" if items and items[0] in plural else "a list"
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in annotation)
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
-             type(None): "null", None: "null"}
-    return names.get(origin or annotation, getattr(annotation, "__name__", str(annotation)))
-
-
-def check_arg_types(config_class, args: dict | None, where: str) -> None:
-    """``args:`` values of the wrong type (``learning_rate: fast``) are errors naming the key, before
-    anything runs: most would otherwise surface as a TypeError deep inside training."""
-    import typing
-
-    if not args:
-        return
-    try:
-        hints = typing.get_type_hints(config_class)
-    except Exception:  # annotations this Python cannot evaluate: leave the checks to the class
-        return
-    for key, value in args.items():
-        if key in hints and not accepts(hints[key], value):
-            hint = " (YAML reads yes/no/on/off as true/false: quote the string)" if isinstance(value, bool) else ""
-            raise AlignError(f"{where}.{key}: {config_class.__name__} expects {describe_type(hints[key])}, "
-                             f"got {value!r} ({type(value).__name__}){hint}.")
-
-
 def check_recipe_args(recipe: Recipe, stages: list[Stage] | None = None) -> None:
-    """Type-check every stage's ``args:`` against its config class (seconds; nothing is written)."""
+    """Type-check every stage's ``args:`` against its config class before anything runs or is written: most
+    wrong types (``learning_rate: fast``) would otherwise surface as a TypeError deep inside training."""
     from align.stages import stage_module
+    from align.validate import field_problems
 
+    problems = []
     for stage in stages if stages is not None else recipe.stages.values():
         module = stage_module(stage.kind)
         if stage.spec.get("args") and hasattr(module, "config_class"):
-            check_arg_types(module.config_class(), stage.spec["args"], f"stages.{stage.name}.args")
+            problems += field_problems(stage.spec["args"], module.config_class(), f"stages.{stage.name}.args",
+                                       unknown=False)
+    if problems:
+        raise AlignError("\n".join(problems))
 
 
 @dataclasses.dataclass
@@ -334,7 +267,11 @@ class StageContext:
             "use_cpu": not torch.cuda.is_available(),
             "dataloader_num_workers": 0,
         }
-        check_arg_types(config_class, user, self.where("args"))
+        from align.validate import field_problems
+
+        problems = field_problems(user, config_class, self.where("args"), unknown=False)
+        if problems:
+            raise AlignError("\n".join(problems))
         base = {k: v for k, v in {**common, **defaults}.items() if k in fields}
         try:
             return config_class(**{**base, **user})

@@ -168,3 +168,12 @@ def write_jsonl(path, rows):
 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def test_hub_ids_with_dots_are_hub_ids_and_missing_paths_are_errors(tmp_path):
+    from align.models import resolve_model_path
+
+    assert resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(AlignError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "missing"))

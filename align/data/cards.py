@@ -111,6 +111,9 @@ def write_data_card(ds, path, *, name: str, spec: dict, fmt: str | None = None, 
                else "contents of the text fields")
         lines.append(f"- **Tokens** ({how}): {sum(counts):,} in all, {sum(counts) / len(counts):.1f} per row on "
                      f"average, {max(counts):,} at most")
+    dropped = getattr(ds, "align_dropped", None)  # set by load_dataset under on_invalid_rows: drop
+    if dropped is not None:
+        lines += ["", *dropped.markdown()]
     if notes:
         lines += ["", "## Notes", "", notes]
     if len(ds):

@@ -4,8 +4,10 @@ Readers are the ``datasets`` library's own builders (json, csv, parquet, text); 
 maps a recipe's spec onto them and turns their failures into errors a user can act on.
 
 After the source is read, the optional keys apply in this order: ``rename``, ``convert``,
-``map``, ``shuffle`` (with ``seed``), ``limit``. So ``rename`` can prepare columns for
-``convert``, and ``shuffle`` + ``limit`` takes a random sample. Text files are one document per
+``map``, ``on_invalid_rows: drop``, ``shuffle`` (with ``seed``), ``limit``. So ``rename`` can prepare columns
+for ``convert``, ``shuffle`` + ``limit`` takes a random sample, and ``limit`` counts valid rows only.
+``on_invalid_rows: error`` (the default) leaves rows to the stage's check, which stops at the first bad
+row; ``drop`` drops every invalid row and counts them per reason in the log and the data card. Text files are one document per
 file unless ``sample_by: paragraph`` or ``line`` (then blank rows are dropped).
 """
 
@@ -17,6 +19,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
 from pathlib import Path
 
 from align.errors import AlignError
@@ -24,6 +27,7 @@ from align.errors import AlignError
 SOURCES = ("builtin", "path", "hub", "stage_dir")
 OPTIONS = {  # key -> the source it is limited to (None: every source)
     "split": None, "rename": None, "limit": None, "shuffle": None, "seed": None, "map": None, "convert": None,
+    "on_invalid_rows": None,
     "size": "builtin", "config": "hub", "revision": "hub", "sample_by": "path",
 }
 DATASET_SPEC_KEYS = frozenset({*SOURCES, *OPTIONS})
@@ -33,6 +37,8 @@ BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parqu
 SAMPLE_BY = ("document", "paragraph", "line")
 CONVERTERS = ("hh-rlhf", "ultrafeedback", "sharegpt")
 MARKER = ".align_complete.json"
+ON_INVALID_ROWS = ("error", "drop")
+log = logging.getLogger("align")
 
 
 def suggest(word: str, choices) -> str:
@@ -72,6 +78,9 @@ def check_spec(spec, name: str) -> None:
         raise AlignError(f"{name}.sample_by: expected one of {', '.join(SAMPLE_BY)}, got {spec['sample_by']!r}.")
     if spec.get("convert", CONVERTERS[0]) not in CONVERTERS:
         raise AlignError(f"{name}.convert: unknown conversion {spec['convert']!r}; available: {', '.join(CONVERTERS)}.")
+    if spec.get("on_invalid_rows", "error") not in ON_INVALID_ROWS:
+        raise AlignError(f"{name}.on_invalid_rows: expected error (stop at the first invalid row, the default) or drop "
+                         f"(drop invalid rows and count them in the log and the data card), got {spec['on_invalid_rows']!r}.")
     if ":" not in str(spec.get("map", ":")):
         raise AlignError(f"{name}.map: expected module:function, got {spec['map']!r}.")
 
@@ -133,6 +142,24 @@ def load_hub(spec: dict, name: str):
                          f"reached and it is not in the local cache, or the id/config/split is wrong "
                          f"({type(e).__name__}: {e}). Without network, download the files elsewhere and give them "
                          f"with path: instead.") from None
+
+
+def load_hub_head(spec: dict, *, name: str, rows: int = 200):
+    """The first ``rows`` rows of a hub dataset, streamed (nothing downloaded in full), then rename / convert /
+    map / on_invalid_rows / shuffle / limit as ``load_dataset`` does: what ``align validate`` checks."""
+    import itertools
+
+    import datasets
+
+    split = str(spec.get("split", "train")).split("[", 1)[0]  # streaming takes no slices; the head is a slice
+    try:
+        stream = datasets.load_dataset(spec["hub"], spec.get("config"), split=split, revision=spec.get("revision"),
+                                       streaming=True)
+        head = datasets.Dataset.from_list(list(itertools.islice(stream, rows)))
+    except Exception as e:  # noqa: BLE001 -- unknown id, gated, bad split or config
+        raise AlignError(f"{name}: could not stream {spec['hub']!r} from the Hugging Face Hub "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); check the id, config and split.") from None
+    return prepare(head, spec, name=name)
 
 
 def load_stage_output(spec: dict, name: str):
@@ -200,9 +227,16 @@ def apply_map(ds, target: str, name: str):
 
 
 def load_dataset(spec: dict, *, name: str):
-    """Load a dataset from its spec, then apply rename / convert / map / shuffle / limit in that order."""
+    """Load a dataset from its spec, then apply rename / convert / map / drop / shuffle / limit in that order.
+
+    With ``on_invalid_rows: drop`` the result carries ``align_dropped`` (a ``DroppedRows``: counts per reason
+    and examples), which ``write_data_card`` reports."""
     check_spec(spec, name)
-    ds = load_source(spec, name)
+    return prepare(load_source(spec, name), spec, name=name)
+
+
+def prepare(ds, spec: dict, *, name: str):
+    """Everything after reading the source: rename, convert, map, on_invalid_rows, shuffle, limit."""
     for old, new in (spec.get("rename") or {}).items():
         if old not in ds.column_names:
             raise AlignError(f"{name}.rename: no column {old!r}; columns are {ds.column_names}.")
@@ -219,12 +253,21 @@ def load_dataset(spec: dict, *, name: str):
         ds = CONVERT[spec["convert"]](ds, name=name)
     if spec.get("map"):
         ds = apply_map(ds, spec["map"], name)
+    dropped = None
+    if spec.get("on_invalid_rows") == "drop" and len(ds):
+        from align.data.formats import drop_invalid_rows
+
+        ds, dropped = drop_invalid_rows(ds, name=name)
+        if dropped.dropped:
+            log.warning("%s", dropped.summary())
     if spec.get("shuffle"):
         ds = ds.shuffle(seed=spec.get("seed", 0))
     if "limit" in spec:
         ds = ds.select(range(min(spec["limit"], len(ds))))
     if len(ds) == 0:
         raise AlignError(f"{name}: the dataset is empty after loading (split {spec.get('split', 'train')!r}).")
+    if dropped is not None:
+        ds.align_dropped = dropped  # read by write_data_card
     return ds
 
 

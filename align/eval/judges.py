@@ -3,12 +3,14 @@
 A judge scores responses to prompts (``score``, higher is better) and compares two responses to
 the same prompt (``compare``: 1.0 when the first is better, 0.0 when the second is, 0.5 for a
 tie). Prompts are a user message (a string) or a conversation (a list of messages), as in the
-prompt-only datasets the stages read. Three kinds, chosen in a recipe's ``judges:`` section:
+prompt-only datasets the stages read. Four kinds, chosen in a recipe's ``judges:`` section:
 
 - ``{function: "module:function"}``: any Python function ``(prompts, responses) -> list[float]``,
   e.g. a task's gold oracle;
 - ``{reward_model: path}``: a trained scalar reward model (a proxy for the gold judge);
-- ``{llm: path, template: ...}``: a local causal LM asked which of two responses is better.
+- ``{llm: path, template: ...}``: a local causal LM asked which of two responses is better;
+- ``{openai: {base_url: URL, model: NAME, api_key_env: VAR, ...}}``: the same question put to a model
+  behind an OpenAI-compatible chat completions endpoint (``align.eval.openai_judge``).
 """
 
 from __future__ import annotations
@@ -192,6 +194,14 @@ DEFAULT_TEMPLATE = ("Two assistants answered the same user message.\n\n"
 TEMPLATE_FIELDS = {"prompt", "response_a", "response_b"}
 
 
+def check_template(template: str, name: str) -> None:
+    """A pairwise template must use exactly {prompt}, {response_a} and {response_b}."""
+    fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    if fields != TEMPLATE_FIELDS:
+        raise AlignError(f"judges.{name}.template: must use exactly the fields {{prompt}}, {{response_a}} and "
+                         f"{{response_b}} (write literal braces as {{{{ }}}}); it uses {sorted(fields) or 'none'}.")
+
+
 def prompt_text(prompt) -> str:
     """A prompt as text for the judge's template: the message, or a multi-turn conversation as 'role: content' lines."""
     if isinstance(prompt, str):
@@ -219,10 +229,7 @@ class LLMJudge(Judge):
                  reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm"):
         from align.models import load_causal_lm, load_tokenizer
 
-        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-        if fields != TEMPLATE_FIELDS:
-            raise AlignError(f"judges.{name}.template: must use exactly the fields {{prompt}}, {{response_a}} and "
-                             f"{{response_b}} (write literal braces as {{{{ }}}}); it uses {sorted(fields) or 'none'}.")
+        check_template(template, name)
         self.name, self.template, self.reference = name, template, reference
         self.batch_size, self.tie_tolerance = int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
@@ -277,19 +284,51 @@ JUDGE_OPTIONS = {
     "function": ("tie_tolerance",),
     "reward_model": ("batch_size", "tie_tolerance"),
     "llm": ("template", "batch_size", "reference", "tie_tolerance"),
+    "openai": ("base_url", "model", "api_key_env", "template", "system", "reference", "tie_tolerance",
+               "max_concurrency", "timeout", "max_retries", "backoff", "max_tokens", "temperature", "logprobs",
+               "extra_body", "cache", "cache_dir"),
 }
 STAGE_REF = re.compile(r"^\$\{stages\.([A-Za-z0-9_\-]+)\}$")
 
 
-def build_judge(name: str, spec: dict, *, stage_dirs: dict | None = None) -> Judge:
-    """A judge from a recipe's ``judges.<name>`` spec; ``${stages.x}`` left unresolved is looked up in ``stage_dirs``."""
+def openai_options(where: str, spec: dict) -> dict:
+    """``{openai: {base_url: ..., model: ...}}`` or the short ``{openai: URL, model: ...}``, as one dict of options."""
+    nested = spec["openai"] if isinstance(spec["openai"], dict) else {"base_url": spec["openai"]}
+    siblings = {k: v for k, v in spec.items() if k != "openai"}
+    twice = sorted(set(nested) & set(siblings))
+    if twice:
+        raise AlignError(f"{where}: {twice} given both inside openai: and next to it; keep one.")
+    options = {**nested, **siblings}
+    unknown = set(options) - set(JUDGE_OPTIONS["openai"])
+    if unknown:
+        raise AlignError(f"{where}: unknown keys {sorted(unknown)} for an openai judge; valid: "
+                         f"{', '.join(JUDGE_OPTIONS['openai'])}.")
+    missing = [k for k in ("base_url", "model") if not options.get(k)]
+    if missing:
+        raise AlignError(f"{where}.openai: needs {' and '.join(missing)}, e.g. {{openai: {{base_url: "
+                         f"http://127.0.0.1:8000/v1, model: NAME, api_key_env: OPENAI_API_KEY}}}}.")
+    return options
+
+
+def build_judge(name: str, spec: dict, *, stage_dirs: dict | None = None, cache_dir=None) -> Judge:
+    """A judge from a recipe's ``judges.<name>`` spec; ``${stages.x}`` left unresolved is looked up in ``stage_dirs``.
+
+    ``cache_dir`` is where an openai judge keeps its verdicts unless the spec names one (default
+    ``~/.cache/align/judges``).
+    """
     where = f"judges.{name}"
     kinds = [kind for kind in JUDGE_OPTIONS if isinstance(spec, dict) and kind in spec]
     if len(kinds) != 1:
         raise AlignError(f"{where}: expected exactly one of {', '.join(JUDGE_OPTIONS)}, e.g. "
                          f"{{function: align.data.builtin:gold_judge}}, {{reward_model: ${{stages.reward}}}} or "
-                         f"{{llm: path/to/model}}; got {spec!r}.")
+                         f"{{llm: path/to/model}} or {{openai: {{base_url: URL, model: NAME}}}}; got {spec!r}.")
     kind = kinds[0]
+    if kind == "openai":
+        from align.eval.openai_judge import OpenAIJudge
+
+        options = openai_options(where, spec)
+        options.setdefault("cache_dir", cache_dir)
+        return OpenAIJudge(options.pop("base_url"), name=name, **options)
     unknown = set(spec) - {kind, *JUDGE_OPTIONS[kind]}
     if unknown:
         raise AlignError(f"{where}: unknown keys {sorted(unknown)} for a {kind} judge; valid: "

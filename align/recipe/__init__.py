@@ -21,12 +21,70 @@ from align.errors import AlignError
 
 TOP_LEVEL_KEYS = {"name", "description", "seed", "output_dir", "datasets", "judges", "stages"}
 STAGE_COMMON_KEYS = {"kind", "args"}
-JUDGE_KINDS = {"function", "reward_model", "llm"}
+JUDGE_KINDS = {"function", "reward_model", "llm", "openai"}
 REF_PATTERN = re.compile(r"^\$\{stages\.([A-Za-z0-9_\-]+)\}$")
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice; YAML itself would keep the last value silently."""
+
+    def __init__(self, duplicates: list[tuple[str, str, int, int]]):
+        self.duplicates = duplicates  # (where, key, first line, second line), lines from 1
+        super().__init__("; ".join(
+            f"key {key!r} appears twice {'in ' + where if where else 'at the top level'} "
+            + (f"(lines {first} and {second})" if first != second else f"(both on line {first})")
+            for where, key, first, second in duplicates))
+
+
 class Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; every recipe writes learning rates that way."""
+    """A strict SafeLoader: duplicate keys anywhere are an error naming the key and both lines.
+
+    Also: YAML 1.1 reads ``1e-3`` as a string; every recipe writes learning rates that way (resolver below).
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.mapping_paths: dict[int, str] = {}
+        self.duplicates: list[tuple[str, str, int, int]] = []
+
+    def construct_document(self, node):
+        self.mapping_paths = {}
+        self.duplicates = []
+        self.name_mappings(node, "", set())
+        data = super().construct_document(node)
+        if self.duplicates:
+            raise DuplicateKeyError(self.duplicates)
+        return data
+
+    def name_mappings(self, node, path: str, seen: set) -> None:
+        """Record each mapping's dotted path (``stages.sft.args``) for the error message."""
+        if id(node) in seen:  # an alias seen before
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            self.mapping_paths[id(node)] = path
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                self.name_mappings(value_node, f"{path}.{key}" if path else str(key), seen)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.name_mappings(item, f"{path}[{i}]", seen)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:  # before merge keys (<<) are flattened in: overriding them is fine
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        self.duplicates.append((self.mapping_paths.get(id(node), ""), str(key), first_line[key], line))
+                    else:
+                        first_line[key] = line
+                except TypeError:  # an unhashable key: SafeLoader reports it below
+                    continue
+        return super().construct_mapping(node, deep=deep)
 
 
 Loader.add_implicit_resolver(
@@ -116,6 +174,9 @@ def read_yaml(path: str | Path) -> dict:
     text = UNQUOTED_REF.sub(r'"\1"', path.read_text())
     try:
         raw = yaml.load(text, Loader=Loader)
+    except DuplicateKeyError as e:
+        raise AlignError(f"recipe {path}: {e}; YAML would silently keep only the last value. Remove one of "
+                         f"{'them' if len(e.duplicates) == 1 else 'each pair'}.") from None
     except yaml.YAMLError as e:
         raise AlignError(f"recipe {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -125,7 +186,15 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_recipe(path: str | Path, overrides: list[str] = (), *, output_dir: str | None = None) -> Recipe:
     """Read, override and validate a recipe; nothing is trained or written."""
+    import os
+    import sys
+
     raw = read_yaml(path)
+    # `module:function` references (judges, dataset map) may name a file beside the recipe or in the
+    # working directory, whichever way align was launched (console script, python -m, accelerate launch).
+    for folder in (os.getcwd(), str(Path(path).resolve().parent)):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     for assignment in overrides:
         apply_override(raw, assignment)
     if output_dir is not None:

@@ -8,6 +8,8 @@ from align.report import plots
 from align.report.load import Evaluation, Policy, load_evaluation
 from align.report.page import Heading, Image, Table, Text, write_pages
 from align.report.tables import pairwise_table, policy_table, sample_tables
+from align.report.verdict import decide
+from align.report.verdict import table as verdict_table
 
 TRAJECTORY_NOTE = ("Lines: PPO's periodic evaluations during training (eval/kl, eval/score from its trainer_state.json; "
                    "its own eval prompts and decoding), drawn on the panel of the judge it was trained on{where}. "
@@ -33,9 +35,10 @@ def results_blocks(policies: list[Policy], judges: list[str], metrics: dict) -> 
     return blocks
 
 
-def figure_blocks(policies: list[Policy], judges: list[str], reference: str, out_dir: Path, title: str) -> list:
+def figure_blocks(policies: list[Policy], judges: list[str], reference: str, out_dir: Path, title: str,
+                  frontiers: dict | None = None) -> list:
     blocks = [Heading("Reward vs KL to the reference"),
-              Image(plots.frontier(policies, judges, out_dir / "reward_vs_kl.png", title), "reward vs KL")]
+              Image(plots.frontier(policies, judges, out_dir / "reward_vs_kl.png", title, frontiers), "reward vs KL")]
     if any(p.trajectory for p in policies):
         unknown = any(p.trajectory and p.trained_on not in judges for p in policies)
         blocks.append(Text(TRAJECTORY_NOTE.format(
@@ -55,12 +58,20 @@ def build_report(source: Evaluation | str | Path, out_dir: str | Path, *, title:
     out_dir.mkdir(parents=True, exist_ok=True)
     m, judges, policies = evaluation.metrics, evaluation.judges, evaluation.policies
     title = title or f"{evaluation.eval_dir.parent.name}: policies compared"
-    blocks = [Text(context_text(evaluation)), Heading("Results"),
-              *results_blocks(policies, judges, m)]
+    decided = decide(evaluation, seed=0)
+    blocks = [Text(context_text(evaluation))]
+    if decided:
+        blocks += [Heading("Verdict: PPO vs DPO"), Text(decided["sentence"]), Table(*verdict_table(decided)),
+                   Text("Paired bootstrap over prompts (same prompts, same judge); p-values by sign-flip permutation. "
+                        "Length-controlled win rate: logistic regression of the outcome on the length difference, "
+                        "read at zero difference (AlpacaEval 2). Equal KL: each method's concave score-vs-KL "
+                        "frontier over its sweep points, compared where both reach.")]
+    blocks += [Heading("Results"), *results_blocks(policies, judges, m)]
     pairwise = pairwise_table(m.get("pairwise"))
     if pairwise:
         blocks += [Heading(f"Pairwise win rates ({m['pairwise'].get('judge', m['primary_judge'])} judge)", 3), Table(*pairwise)]
-    blocks += figure_blocks(policies, judges, m["reference"], out_dir, title)
+    blocks += figure_blocks(policies, judges, m["reference"], out_dir, title,
+                            frontiers=(decided or {}).get("frontiers"))
     curves = plots.training_curves(evaluation.curves, out_dir / "training_curves.png")
     if curves:
         blocks += [Heading("Training curves"), Image(curves, "training curves"),

@@ -84,10 +84,11 @@ def label_points(ax, points: list[tuple[float, float, str]]) -> None:
             label.remove()
 
 
-def frontier(policies: list[Policy], judges: list[str], path: Path, title: str) -> Path:
+def frontier(policies: list[Policy], judges: list[str], path: Path, title: str, frontiers: dict | None = None) -> Path:
     """Score vs KL to the reference, one panel per judge (primary first): each final policy as a
     labelled point with the 95 % interval of its mean score, and PPO's training trajectory on the
-    panel of the judge it was trained on. Reading across at equal KL compares RLHF with DPO."""
+    panel of the judge it was trained on. Reading across at equal KL compares RLHF with DPO.
+    ``frontiers`` ({kind: [(kl, score), ...]}, from a sweep) are drawn as each method's frontier on the primary panel."""
     panels = list(judges)
     if any(p.trajectory and p.trained_on not in judges for p in policies):
         panels.append(TRAINING_REWARD)
@@ -108,6 +109,8 @@ def frontier(policies: list[Policy], judges: list[str], path: Path, title: str) 
                     ax.plot(kls, scores, "-", marker=TRAJECTORY_MARKERS[i % len(TRAJECTORY_MARKERS)], color=color(p.kind),
                             alpha=0.45, markersize=4, linewidth=1.5,
                             label=f"{p.name} during training (steps {steps[0]}–{steps[-1]})")
+            for kind, line in (frontiers or {}).items() if judge == judges[0] else ():
+                ax.plot(*zip(*line), "--", color=color(kind), linewidth=2, alpha=0.8, label=f"{kind} frontier")
             points = final_points(policies, judge) if judge != TRAINING_REWARD else []
             for kl, score, interval, kind, label in points:
                 ax.errorbar([kl], [score], yerr=None if interval is None else [interval], fmt="o", markersize=8,

@@ -11,6 +11,8 @@ from align.stages.sft import DEFAULT_LORA, MODEL_KEYS, conversation_template, lo
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
+EXPECTED = {"dataset": ("preference", "implicit_preference"),  # format per dataset key
+            "eval_dataset": ("preference", "implicit_preference")}
 KEYS = {
     "model": "the starting policy, normally ${stages.sft}",
     "dataset": "preference pairs (prompt/chosen/rejected, standard or conversational)",
@@ -32,7 +34,7 @@ def run(ctx) -> dict:
     from trl import DPOTrainer
 
     model, tokenizer = load_for_training(ctx)
-    formats = ("preference", "implicit_preference")
+    formats = EXPECTED["dataset"]
     train = ctx.dataset("dataset", expected=formats, tokenizer=tokenizer)
     conversation_template(ctx, tokenizer, train)
     evals = ctx.dataset("eval_dataset", expected=formats, tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None

@@ -13,6 +13,7 @@ from align.stages.sft import DEFAULT_LORA, MODEL_KEYS, conversation_template, lo
 
 REQUIRED = ("model", "dataset", "rewards")
 DATASET_KEYS = ("dataset",)
+EXPECTED = {"dataset": "prompt_only"}  # format per dataset key
 JUDGE_KEYS = ("rewards",)
 KEYS = {
     "model": "the starting policy, normally ${stages.sft}",
@@ -61,7 +62,7 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     if ctx.is_main_process:
         note_ignored_settings(model, ctx.name)
     shipped, model.generation_config = model.generation_config, neutral_generation_config(model)
-    train = ctx.dataset("dataset", expected="prompt_only", tokenizer=tokenizer)
+    train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
     conversation_template(ctx, tokenizer, train)
     args = ctx.config(config, learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8,
                       num_generations=4, max_completion_length=48, temperature=1.0, beta=0.05,

@@ -15,6 +15,7 @@ from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
 
 REQUIRED = ("policy", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
+EXPECTED = {"dataset": "prompt_only", "eval_dataset": "prompt_only"}  # format per dataset key
 JUDGE_KEYS = ("rewards",)
 KEYS = {
     "policy": "the starting policy, normally ${stages.sft}",
@@ -46,8 +47,8 @@ def run(ctx) -> dict:
     chat = bool(ctx.spec.get("chat", True))
     if chat:
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
-    train = ctx.dataset("dataset", expected="prompt_only", tokenizer=tokenizer)
-    evals = ctx.dataset("eval_dataset", expected="prompt_only", tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
+    train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
+    evals = ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
     # the reward model keeps its own tokenizer and template: it may be of another family than the policy
     reward_model, reward_tokenizer = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward")) \
         if "reward" in ctx.spec else (None, None)

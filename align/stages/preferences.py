@@ -15,6 +15,7 @@ from align.errors import AlignError
 
 REQUIRED = ("policy", "dataset", "judge")
 DATASET_KEYS = ("dataset",)
+EXPECTED = {"dataset": "prompt_only"}  # format per dataset key
 JUDGE_KEYS = ("judge",)
 KEYS = {
     "policy": "the model to sample from, normally ${stages.sft}",
@@ -86,7 +87,7 @@ def run(ctx) -> dict:
     if k < 2:
         raise AlignError(f"{ctx.where('samples_per_prompt')}: need at least 2 samples per prompt to form a pair, got {k}.")
     gen = ctx.options("generation", GENERATION_DEFAULTS)
-    ds = ctx.dataset("dataset", expected="prompt_only")
+    ds = ctx.dataset("dataset", expected=EXPECTED["dataset"])
     if ctx.spec.get("limit"):
         ds = ds.select(range(min(int(ctx.spec["limit"]), len(ds))))
     prompts = ds["prompt"]

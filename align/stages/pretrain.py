@@ -13,6 +13,7 @@ from align.models import build_model, count_parameters, load_causal_lm, load_tok
 
 REQUIRED = ("tokenizer", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
+EXPECTED = {"dataset": "language_modeling", "eval_dataset": "language_modeling"}  # format per dataset key
 KEYS = {
     "tokenizer": "${stages.tokenizer}, a tokenizer folder or a hub id",
     "model": "{preset: llama-tiny} plus any LlamaConfig field, or an existing model to continue pretraining",
@@ -62,9 +63,9 @@ def run(ctx) -> dict:
 
     tokenizer = load_tokenizer(ctx.spec["tokenizer"], field=ctx.where("tokenizer"))
     block_size = int(ctx.spec.get("block_size", 256))
-    train_blocks = pack(ctx.dataset("dataset", expected="language_modeling", tokenizer=tokenizer), tokenizer, block_size)
+    train_blocks = pack(ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer), tokenizer, block_size)
     if "eval_dataset" in ctx.spec:
-        eval_blocks = pack(ctx.dataset("eval_dataset", expected="language_modeling", tokenizer=tokenizer), tokenizer, block_size)
+        eval_blocks = pack(ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer), tokenizer, block_size)
     else:
         n_eval = max(1, int(len(train_blocks) * float(ctx.spec.get("eval_fraction", 0.05))))
         eval_blocks = train_blocks.select(range(len(train_blocks) - n_eval, len(train_blocks)))

@@ -23,6 +23,7 @@ KEYS = {
     **MODEL_KEYS,
 }
 PREFERENCE_FORMATS = ("preference", "implicit_preference")
+EXPECTED = {"dataset": PREFERENCE_FORMATS, "eval_dataset": PREFERENCE_FORMATS}  # format per dataset key
 
 
 def config_class():

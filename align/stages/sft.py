@@ -15,6 +15,8 @@ from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_l
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
+EXPECTED = {"dataset": ("conversational", "prompt_completion"),  # format per dataset key
+            "eval_dataset": ("conversational", "prompt_completion")}
 MODEL_KEYS = {  # shared by every stage that trains a model
     "chat_template": "a template TRL ships (llama3, qwen2_5, gemma3, phi3, ...), default (align's User:/Assistant:), "
                      "or a .jinja file; default: the model's own, align's default if it has none",
@@ -116,8 +118,8 @@ def run(ctx) -> dict:
     from trl import SFTTrainer
 
     model, tokenizer = load_for_training(ctx)
-    train = ctx.dataset("dataset", expected=("conversational", "prompt_completion"), tokenizer=tokenizer)
-    evals = ctx.dataset("eval_dataset", expected=("conversational", "prompt_completion"), tokenizer=tokenizer) \
+    train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
+    evals = ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer) \
         if "eval_dataset" in ctx.spec else None
     loss = {}
     if "messages" in train.column_names:

@@ -31,6 +31,7 @@ CHAT_TEMPLATE = (
 
 REQUIRED = ("dataset",)
 DATASET_KEYS = ("dataset",)
+EXPECTED = {"dataset": None}  # any format: the text of a text column or of chat turns (see text_column)
 KEYS = {"dataset": "the text to learn merges from (a language-modelling dataset)",
         "vocab_size": "number of tokens including the special ones (default 4096)",
         "min_frequency": "least count for a merge (default 2)",
