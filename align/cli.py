@@ -15,21 +15,49 @@ def split_names(text: str | None) -> list[str] | None:
 
 
 def cmd_run(args) -> int:
-    from align.recipe import load_recipe
+    from align.recipe import load_recipes
     from align.runner import run_recipe
+    from align.validate import check_recipe
 
-    recipe = load_recipe(args.recipe, args.set, output_dir=args.output_dir)
-    results = run_recipe(recipe, only=split_names(args.only), from_stage=args.from_stage, force=args.force)
+    recipes = load_recipes(args.recipe, args.set, output_dir=args.output_dir)
+    only = split_names(args.only)
+    for recipe in recipes:  # every mistake a run would meet, before anything trains (cached stages skipped)
+        check_recipe(recipe, only=only, from_stage=args.from_stage, force=args.force,
+                     skip_cached=True).raise_for_problems()
+    finished = []
+    for recipe in recipes:
+        if recipe.variant:
+            print(f"align: run {recipe.variant} of {len(recipes)} -> {recipe.output_dir}")
+        results = run_recipe(recipe, only=only, from_stage=args.from_stage, force=args.force)
+        finished.append((recipe, results))
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # initialised by run_recipe
-        print(f"align: done. Artifacts under {recipe.output_dir}/: " + ", ".join(results))
+        for recipe, results in finished:
+            print(summary(recipe, results))
+        if len(finished) > 1:
+            from align.report.compare import compare_runs
+
+            root = recipes[0].output_dir.parent
+            page = compare_runs([str(r.output_dir) for r, _ in finished], str(root / "report"),
+                                title=f"{recipes[0].name}: {len(finished)} seeds")
+            print(f"align: the runs compared (verdict over seeds, frontier): {page}")
     import torch.distributed as dist
 
     if dist.is_initialized():  # a clean exit for every rank (gloo can abort at interpreter shutdown)
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def summary(recipe, results: dict) -> str:
+    """The run at a glance: every stage, how long it took (or that it was cached) and where its artifacts are."""
+    rows = [(name, recipe.stages[name].kind, f"{m['stage_seconds']:.1f} s" if m.get("stage_seconds") is not None
+             and not m.get("cached") else "cached", str(recipe.stages[name].out_dir)) for name, m in results.items()]
+    widths = [max(len(r[i]) for r in rows + [("stage", "kind", "time", "artifacts")]) for i in range(4)]
+    line = lambda r: "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([f"align: done: {recipe.name}{f' ({recipe.variant})' if recipe.variant else ''}",
+                      line(("stage", "kind", "time", "artifacts")), *map(line, rows)])
 
 
 def cmd_validate(args) -> int:
@@ -68,11 +96,15 @@ def cmd_compare(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="align", description="Pretrain, SFT, RLHF and DPO on the Hugging Face stack.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show the libraries' own warnings and logs")
+    parser = argparse.ArgumentParser(prog="align", description="Pretrain, SFT, RLHF and DPO on the Hugging Face stack.",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run a recipe's stages (skips finished ones)"),
                             ("validate", "check a recipe without training")):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, parents=[common])
         p.add_argument("recipe", help="path to a recipe YAML file")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe field, e.g. --set stages.sft.args.learning_rate=1e-3 (repeatable)")
@@ -81,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--only", help="comma-separated stages to run (their inputs must be finished)")
             p.add_argument("--from", dest="from_stage", help="re-run this stage and run every later one")
             p.add_argument("--force", action="store_true", help="re-run selected stages even if finished")
-    p = sub.add_parser("generate", help="sample responses from a stage's model")
+    p = sub.add_parser("generate", help="sample responses from a stage's model", parents=[common])
     p.add_argument("stage_dir", help="a stage folder (pretrain, sft, dpo, ppo, ...) or a model folder")
     p.add_argument("--prompt", action="append", required=True, help="a user message (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -93,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-template", help="a template TRL ships (e.g. qwen2_5), default, or a .jinja file "
                                            "(default: the model's own; align's default if it has none)")
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("compare", help="merge several runs' evaluations into one reward-vs-KL frontier")
+    p = sub.add_parser("compare", help="merge several runs' evaluations into one reward-vs-KL frontier",
+                       parents=[common])
     p.add_argument("run_dirs", nargs="+", help="run folders (each holding a finished evaluate stage)")
     p.add_argument("--out", default="runs/compare", help="folder for report.md / frontier.png / report.html")
     p.add_argument("--trajectory-judge", help="the judge PPO trained on (e.g. rm): its training trajectory is drawn "
@@ -104,11 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "generate": cmd_generate, "compare": cmd_compare}
 
 
+LIBRARIES = ("bitsandbytes", "transformers", "trl", "peft", "accelerate", "datasets", "evaluate", "torch", "httpx",
+             "urllib3", "filelock", "huggingface_hub")
+
+
+def quiet_libraries() -> None:
+    """Library warnings a user cannot act on (bitsandbytes' missing CPU kernels, deprecations inside transformers,
+    dataset map bars) stay out of align's output; ``--verbose`` shows them."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=rf"({'|'.join(LIBRARIES)})(\..*)?$")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "verbose", False):
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info")
+    else:
+        quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return COMMANDS[args.command](args)

@@ -309,7 +309,11 @@ class StageContext:
         batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         tp = tensor_parallel_size()
         rank, world = self.state.process_index // tp, self.state.num_processes // tp
-        done = {b: fn(b, batches[b]) for b in range(rank, len(batches), world)}
+        from tqdm.auto import tqdm
+
+        mine = range(rank, len(batches), world)
+        bar = tqdm(mine, desc=f"{self.name}: {len(items)} prompts", unit="batch", disable=not self.is_main_process)
+        done = {b: fn(b, batches[b]) for b in bar}
         if world > 1:
             from accelerate.utils import gather_object
 
@@ -390,7 +394,7 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
         if marker and marker.get("spec_hash") == digest and not forced:
             if state.is_main_process:
                 echo(f"{header}: done, skipping ({stage.out_dir})")
-            results[stage.name] = marker.get("metrics", {})
+            results[stage.name] = {**marker.get("metrics", {}), "cached": True}
             continue
         # A finished result stays in place until the new attempt has finished; a first attempt runs in place.
         work = attempt_dir(stage.out_dir) if marker else stage.out_dir

@@ -117,14 +117,16 @@ class Validation:
 
 def validate_file(path: str | Path, overrides: list[str] = (), *, output_dir: str | None = None) -> Validation:
     """Read a recipe (with ``--set`` overrides) and check it; a recipe that cannot be read is one problem."""
-    from align.recipe import load_recipe
+    from align.recipe import load_recipes
 
     start = time.perf_counter()
     try:
-        recipe = load_recipe(path, overrides, output_dir=output_dir)
+        recipes = load_recipes(path, overrides, output_dir=output_dir)
     except AlignError as e:
         return Validation(str(path), None, [str(e)], seconds=time.perf_counter() - start)
-    result = check_recipe(recipe)
+    result = check_recipe(recipes[0])
+    for other in recipes[1:]:  # a seed sweep: the same stages, checked once; every run's plan
+        result.plan += plan(other, problems=result.problems)
     result.source = str(path)
     result.seconds = time.perf_counter() - start
     return result

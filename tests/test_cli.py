@@ -67,8 +67,8 @@ def test_invalid_yaml(tmp_path, capsys):
     ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}], "row 0"),
     ([{"text": "a plain text row"}], "sft"),
 ])
-def test_bad_sft_data_fails_at_the_sft_stage_with_the_row(tmp_path, capsys, rows, message):
-    """The tokenizer stage finishes, then sft refuses the data; the finished stage stays intact."""
+def test_bad_sft_data_fails_before_anything_trains_with_the_row(tmp_path, capsys, rows, message):
+    """`align run` checks every stage's data first: minutes of pretraining are not spent before sft refuses it."""
     data = jsonl(tmp_path / "chat.jsonl", rows)
 
     def change(raw):
@@ -79,9 +79,7 @@ def test_bad_sft_data_fails_at_the_sft_stage_with_the_row(tmp_path, capsys, rows
     code, err = run_cli(["run", str(recipe)], capsys)
     assert code == 2 and "Traceback" not in err
     assert "stages.sft.dataset (chat)" in err and message in err
-    assert (tmp_path / "run" / "tokenizer" / ".align_complete.json").exists()
-    assert (tmp_path / "run" / "pretrain" / ".align_complete.json").exists()
-    assert not (tmp_path / "run" / "sft" / ".align_complete.json").exists()
+    assert not (tmp_path / "run").exists()  # nothing ran
 
 
 def test_missing_data_file_is_named(tmp_path, capsys):

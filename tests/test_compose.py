@@ -83,3 +83,26 @@ def test_a_judge_on_a_swept_stage_is_refused():
            "sweep": {"stages.reward.args.learning_rate": [1e-3, 1e-4]}}
     with pytest.raises(AlignError, match=r"judges\.rm: refers to reward"):
         expand(raw)
+
+
+def test_a_sweep_runs_end_to_end_sharing_upstream_stages(tmp_path, capsys):
+    """`align run` on a swept recipe: shared stages once, one stage per value, one evaluation of all, a verdict."""
+    import json
+    from pathlib import Path
+
+    from align.cli import main
+
+    recipe = Path(__file__).parent / "recipes" / "micro_sweep.yaml"
+    assert main(["run", str(recipe), "--output-dir", str(tmp_path)]) == 0
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert folders == sorted(["tokenizer", "pretrain", "sft", "preferences", "reward", "ppo-kl_coef-0.02",
+                              "ppo-kl_coef-0.2", "dpo-beta-0.1", "dpo-beta-0.5", "eval", "report"])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["policies"]) == {"sft", "ppo-kl_coef-0.02", "ppo-kl_coef-0.2", "dpo-beta-0.1", "dpo-beta-0.5"}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Verdict: PPO vs DPO" in report and "PPO − DPO" in report
+    out = capsys.readouterr().out
+    assert "align: done: micro_sweep" in out and "dpo-beta-0.5" in out
+    # a second run: every stage cached, shown as such
+    assert main(["run", str(recipe), "--output-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("cached") >= 11

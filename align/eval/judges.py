@@ -288,7 +288,7 @@ JUDGE_OPTIONS = {
                "max_concurrency", "timeout", "max_retries", "backoff", "max_tokens", "temperature", "logprobs",
                "extra_body", "cache", "cache_dir"),
 }
-STAGE_REF = re.compile(r"^\$\{stages\.([A-Za-z0-9_\-]+)\}$")
+STAGE_REF = re.compile(r"^\$\{stages\.([A-Za-z0-9_.\-]+)\}$")
 
 
 def openai_options(where: str, spec: dict) -> dict:

@@ -22,7 +22,7 @@ from align.errors import AlignError
 TOP_LEVEL_KEYS = {"name", "description", "seed", "output_dir", "datasets", "judges", "stages"}
 STAGE_COMMON_KEYS = {"kind", "args"}
 JUDGE_KINDS = {"function", "reward_model", "llm", "openai"}
-REF_PATTERN = re.compile(r"^\$\{stages\.([A-Za-z0-9_\-]+)\}$")
+REF_PATTERN = re.compile(r"^\$\{stages\.([A-Za-z0-9_.\-]+)\}$")
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -128,6 +128,7 @@ class Recipe:
     stages: dict[str, Stage]
     source: Path | None = None
     raw: dict = field(default_factory=dict)
+    variant: str | None = None  # e.g. "seed-1" for one run of a seed sweep
 
     def stage_names(self) -> list[str]:
         return list(self.stages)
@@ -163,7 +164,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-UNQUOTED_REF = re.compile(r"""(?<!["'])(\$\{stages\.[A-Za-z0-9_\-]+\})(?!["'])""")
+UNQUOTED_REF = re.compile(r"""(?<!["'])(\$\{stages\.[A-Za-z0-9_.\-]+\})(?!["'])""")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -184,12 +185,15 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), *, output_dir: str | None = None) -> Recipe:
-    """Read, override and validate a recipe; nothing is trained or written."""
+def load_recipes(path: str | Path, overrides: list[str] = (), *, output_dir: str | None = None) -> list[Recipe]:
+    """Read a recipe (following ``extends:``), apply ``--set`` overrides, expand ``sweep:`` and validate: one
+    Recipe per run (several only for a seed sweep). Nothing is trained or written."""
     import os
     import sys
 
-    raw = read_yaml(path)
+    from align.recipe.compose import expand, resolve_extends
+
+    raw = resolve_extends(read_yaml(path), Path(path).resolve(), read_yaml)
     # `module:function` references (judges, dataset map) may name a file beside the recipe or in the
     # working directory, whichever way align was launched (console script, python -m, accelerate launch).
     for folder in (os.getcwd(), str(Path(path).resolve().parent)):
@@ -199,9 +203,20 @@ def load_recipe(path: str | Path, overrides: list[str] = (), *, output_dir: str 
         apply_override(raw, assignment)
     if output_dir is not None:
         raw["output_dir"] = output_dir
-    recipe = build_recipe(raw)
-    recipe.source = Path(path)
-    return recipe
+    recipes = []
+    for variant, expanded in expand(raw):
+        recipe = build_recipe(expanded)
+        recipe.source, recipe.variant = Path(path), variant
+        recipes.append(recipe)
+    return recipes
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), *, output_dir: str | None = None) -> Recipe:
+    """``load_recipes`` for a recipe that is one run (no seed sweep)."""
+    recipes = load_recipes(path, overrides, output_dir=output_dir)
+    if len(recipes) > 1:
+        raise AlignError(f"{path}: sweeps seeds, so it is {len(recipes)} runs; load it with load_recipes.")
+    return recipes[0]
 
 
 def build_recipe(raw: dict) -> Recipe:

@@ -9,13 +9,14 @@ from align.report import plots
 from align.report.load import Evaluation, find_eval_stages, load_evaluation
 from align.report.page import Heading, Image, Table, Text, write_pages
 from align.report.tables import policy_table
+from align.report.verdict import across_runs
 
 NOTE = ("Every final policy of every run, measured by its run's evaluate stage (points, with the 95 % interval of "
         "the mean score), and PPO's trajectories during training (lines, from eval/kl and eval/score). "
         "Win rates are against each run's own reference. KL estimator: {estimator}.")
 
 
-def labelled(run_dirs: list[str]) -> list[tuple[str, Evaluation]]:
+def labelled(run_dirs: list[str], *, rename: bool = True) -> list[tuple[str, Evaluation]]:
     """Load each run's evaluate stage(s) and rename policies ``run/policy`` (``run/stage/policy`` if a run has several)."""
     names = [Path(r).name for r in run_dirs]
     if len(set(names)) < len(names):  # two runs with the same folder name: use the paths as given
@@ -26,7 +27,7 @@ def labelled(run_dirs: list[str]) -> list[tuple[str, Evaluation]]:
         for stage in stages:
             evaluation = load_evaluation(stage)
             prefix = f"{name}/{stage.name}" if len(stages) > 1 else name
-            for p in evaluation.policies:
+            for p in evaluation.policies if rename else ():
                 p.name = f"{prefix}/{p.name}"
             out.append((prefix, evaluation))
     return out
@@ -50,6 +51,7 @@ def compare_runs(run_dirs: list[str], out_dir: str, *, trained_on: str | None = 
     """
     if not run_dirs:
         raise AlignError("compare: give at least one run folder (e.g. runs/quickstart).")
+    pooled = across_runs([(name, e) for name, e in labelled(run_dirs, rename=False)])
     runs = labelled(run_dirs)
     evaluations = [e for _, e in runs]
     judges = shared_judges(evaluations)
@@ -63,7 +65,9 @@ def compare_runs(run_dirs: list[str], out_dir: str, *, trained_on: str | None = 
                   [[name, str(e.eval_dir), e.metrics["reference"], e.metrics["primary_judge"], str(e.metrics.get("n_prompts", "?")),
                     ", ".join(f"{k}={v}" for k, v in (e.metrics.get("decoding") or {}).items())] for name, e in runs])
     estimators = {e.metrics.get("kl_estimator") or "not recorded" for e in evaluations}
-    blocks = [Heading("Frontier"), Image(plots.frontier(policies, judges, out / "frontier.png", title), "reward vs KL frontier"),
+    blocks = [Heading("Verdict: PPO vs DPO across runs"), Text(pooled["sentence"]), Table(*pooled["table"])] \
+        if pooled else []
+    blocks += [Heading("Frontier"), Image(plots.frontier(policies, judges, out / "frontier.png", title), "reward vs KL frontier"),
               Text(NOTE.format(estimator=" / ".join(sorted(estimators)))),
               Heading("Policies"), Table(headers, rows), Heading("Runs"), setup]
     if len({(e.metrics.get("n_prompts"), str(e.metrics.get("decoding"))) for e in evaluations}) > 1:

@@ -115,3 +115,25 @@ def table(result: dict) -> tuple[list[str], list[list[str]]]:
     elif e:
         rows.append(["PPO − DPO at equal KL", e.get("reason") or "frontiers do not overlap", "—"])
     return ["comparison", "estimate [95 % CI]", "p"], rows
+
+
+def across_runs(evaluations: list[tuple[str, object]], *, n_bootstrap: int = 2000, seed: int = 0) -> dict | None:
+    """PPO vs DPO over several runs of one recipe (seeds): each run's headline pair, and the mean paired
+    difference with a hierarchical bootstrap (runs, then prompts within a run), so one lucky seed cannot decide."""
+    from align.eval.compare_stats import hierarchical_bootstrap
+
+    decided = [(name, e, decide(e, n_bootstrap=n_bootstrap, seed=seed)) for name, e in evaluations]
+    decided = [(name, e, d) for name, e, d in decided if d]
+    if len(decided) < 2:
+        return None
+    judge = decided[0][2]["judge"]
+    differences = [[a - b for a, b in zip(per_prompt(e.samples, d["ppo"], "", judge),
+                                          per_prompt(e.samples, d["dpo"], "", judge))] for _, e, d in decided]
+    pooled = hierarchical_bootstrap(differences, n_bootstrap=n_bootstrap, seed=seed)
+    kl = statistics.fmean(d["kl"] for _, _, d in decided)
+    rows = [[name, d["ppo"], f"{d['kl_ppo']:.2f}", d["dpo"], f"{d['kl_dpo']:.2f}",
+             f"{d['paired']['difference']:+.3f} [{d['paired']['ci_low']:+.3f}, {d['paired']['ci_high']:+.3f}]",
+             f"{d['head_to_head']['win_rate']:.2f}" if "head_to_head" in d else "—"] for name, _, d in decided]
+    return {"judge": judge, "hierarchical": pooled, "kl": kl,
+            "sentence": verdict(pooled, metric=judge, kl=kl) + f" ({len(decided)} runs, {judge} judge; per run below)",
+            "table": (["run", "PPO policy", "KL", "DPO policy", "KL", "PPO − DPO [95 % CI]", "PPO beats DPO"], rows)}

@@ -41,7 +41,7 @@ def assert_png(data: bytes) -> None:
 def table_rows(md: str) -> dict[str, str]:
     """The Results table's rows, by their first cell."""
     lines = md.splitlines()
-    results = next((i for i, line in enumerate(lines) if line.startswith("#") and line.endswith("Results")), 0)
+    results = next(i for i, line in enumerate(lines) if line.startswith("#") and line.endswith(("Results", "Policies")))
     start = next(i for i, line in enumerate(lines) if i > results and line.startswith("| "))
     end = lines.index("", start)
     return {line.split("|")[1].strip(): line for line in lines[start + 2:end]}
