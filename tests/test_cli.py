@@ -112,3 +112,18 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "align", "validate", str(recipe)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "stages.sft.kind: unknown stage kind 'sftt'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validate_prints_nothing_from_the_libraries():
+    """As a new user runs it: the console script, no flags; only align's own lines (and --verbose restores them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    align = Path(sys.executable).parent / "align"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    done = subprocess.run([str(align), "validate", str(recipe)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert all(line.startswith((str(recipe), "  ", "checked:", "not checked:", "validated in"))
+               for line in done.stdout.splitlines()), done.stdout

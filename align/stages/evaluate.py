@@ -217,6 +217,7 @@ def run(ctx) -> dict:
                "n_prompts": len(prompts),
                "decoding": {**generation, "chat": bool(ctx.spec.get("chat", True)),
                             "note": "declared settings only; every checkpoint's own generation_config is ignored"}, "policies": results,
+               "judge_stats": {n: j.metrics() for n, j in judges.items() if callable(getattr(j, "metrics", None))},
                "pairwise": {"judge": primary, "policies": names, "win_rate": pairwise,
                             "outcomes": {f"{a} vs {b}": judged[a, b] for i, a in enumerate(names) for b in names[i + 1:]}}}
     if ctx.is_main_process:
