@@ -130,10 +130,12 @@ def across_runs(evaluations: list[tuple[str, object]], *, n_bootstrap: int = 200
     differences = [[a - b for a, b in zip(per_prompt(e.samples, d["ppo"], "", judge),
                                           per_prompt(e.samples, d["dpo"], "", judge))] for _, e, d in decided]
     pooled = hierarchical_bootstrap(differences, n_bootstrap=n_bootstrap, seed=seed)
-    kl = statistics.fmean(d["kl"] for _, _, d in decided)
+    kl_ppo = statistics.fmean(d["kl_ppo"] for _, _, d in decided)
+    kl_dpo = statistics.fmean(d["kl_dpo"] for _, _, d in decided)
     rows = [[name, d["ppo"], f"{d['kl_ppo']:.2f}", d["dpo"], f"{d['kl_dpo']:.2f}",
              f"{d['paired']['difference']:+.3f} [{d['paired']['ci_low']:+.3f}, {d['paired']['ci_high']:+.3f}]",
              f"{d['head_to_head']['win_rate']:.2f}" if "head_to_head" in d else "—"] for name, _, d in decided]
-    return {"judge": judge, "hierarchical": pooled, "kl": kl,
-            "sentence": verdict(pooled, metric=judge, kl=kl) + f" ({len(decided)} runs, {judge} judge; per run below)",
+    where = f"PPO at a mean KL of {kl_ppo:.1f} nats, DPO at {kl_dpo:.1f}"
+    return {"judge": judge, "hierarchical": pooled, "kl_ppo": kl_ppo, "kl_dpo": kl_dpo,
+            "sentence": verdict(pooled, metric=judge) + f" ({where}; {len(decided)} runs, {judge} judge; per run below)",
             "table": (["run", "PPO policy", "KL", "DPO policy", "KL", "PPO − DPO [95 % CI]", "PPO beats DPO"], rows)}
