@@ -154,7 +154,7 @@ def test_multi_node_config_with_two_machines_on_localhost(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO) for rank in (0, 1)]
     outputs = [machine.communicate(timeout=300)[0] for machine in machines]
     assert [m.returncode for m in machines] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    assert "processes: 2" in outputs[0] and "align: done." in outputs[0]
-    assert "align: done." not in outputs[1]  # the second machine's process is not the main one
+    assert "processes: 2" in outputs[0] and "align: done: " in outputs[0]
+    assert "align: done: " not in outputs[1]  # the second machine's process is not the main one
     metrics = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
     assert metrics["world_size"] == 2

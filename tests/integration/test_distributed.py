@@ -58,7 +58,7 @@ def test_two_processes_start_and_report_once(two_process_run):
     out, output = two_process_run
     assert "processes: 2 (DistributedType.MULTI_CPU)" in output
     assert output.count("[2/11] pretrain (pretrain): running") == 1  # only the main process reports
-    assert output.count("align: done.") == 1
+    assert output.count("align: done: ") == 1
     pretrain = metrics(out, "pretrain")
     assert pretrain["world_size"] == 2
     assert pretrain["tokens_seen"] == 40 * 4 * 2 * 64  # both ranks consumed their own batches
