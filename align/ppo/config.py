@@ -70,8 +70,9 @@ class PPOConfig(TrainingArguments):
     adaptive_kl: bool = knob(False, "Adapt β towards kl_target (Ziegler et al. 2019).")
     kl_target: float = knob(6.0, "Target KL per response (nats, summed over tokens) of the adaptive controller.")
     kl_horizon: int = knob(10000, "Horizon of the adaptive controller, in episodes (responses).")
-    kl_estimator: str = knob("k1", "KL estimator reported as objective/kl and fed to the adaptive controller: "
-                                   "k1 (log ratio), k2 (½ log ratio²) or k3 ((r-1) - log r). The penalty is always k1.")
+    kl_estimator: str = knob("k1", "KL estimator of the per-token penalty, of objective/kl and of the adaptive controller: "
+                                   "k1 (log ratio, Ziegler et al.), k2 (½ log ratio²) or k3 ((r-1) - log r, never "
+                                   "negative; TRL's PPO added it, OpenRLHF offers all three).")
     reward_weights: list[float] | None = knob(None, "Weight of each reward: the reward model first (if any), then "
                                                     "each reward function (None: all 1).")
     reward_shift: float = knob(0.0, "Subtracted from the score before scaling: s' = reward_scale·(s - reward_shift).")
@@ -91,6 +92,14 @@ class PPOConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         problems = []
+        optim = getattr(self.optim, "value", self.optim)  # TrainingArguments turns it into an OptimizerNames
+        if optim not in ("adamw_torch", "adamw_torch_fused"):
+            problems.append(f"optim={optim!r} is not supported: PPO trains policy and critic with torch AdamW "
+                            f"(adamw_torch)")
+        if self.gradient_accumulation_steps != 1:
+            problems.append(f"gradient_accumulation_steps={self.gradient_accumulation_steps} is not used by PPO, which "
+                            f"accumulates micro-batches (per_device_train_batch_size) into each of its num_mini_batches "
+                            f"optimizer steps itself; leave it at 1")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             problems.append(f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
         if self.value_model_init not in ("reward_model", "policy"):

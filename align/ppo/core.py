@@ -142,17 +142,17 @@ def shape_scores(scores: torch.Tensor, has_eos: torch.Tensor, *, scale: float = 
 
 
 def per_token_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-                      kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      kl_coef: float, kl_estimator: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
     """Ziegler et al.'s shaped reward:
 
-        r_t = -β·(log pi(a_t|s_t) - log ref(a_t|s_t))  at every response token,
-        r_T += score                                    at the last real token T (the EOS, or the
-                                                        last token of a truncated response).
+        r_t = -β·k(a_t)     at every response token, k the per-token KL estimate (``kl_estimate``;
+                            k1 = log pi(a_t|s_t) - log ref(a_t|s_t), Ziegler's; k3 never negative),
+        r_T += score        at the last real token T (the EOS, or the last token of a truncated response).
 
     Returns ``(rewards, non_score_rewards)`` -- the second is the KL part alone -- both 0 on padding.
     """
     mask = mask.to(logp.dtype)
-    non_score = -kl_coef * (logp - ref_logp) * mask
+    non_score = -kl_coef * kl_estimate(logp, ref_logp, kl_estimator) * mask
     rewards = non_score.clone()
     rows = torch.arange(rewards.size(0), device=rewards.device)
     rewards[rows, last_token_indices(mask)] += score.to(rewards.dtype)

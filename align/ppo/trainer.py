@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, TrainerControl, TrainerState, get_scheduler
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+from transformers.trainer_pt_utils import get_parameter_names
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint, rotate_checkpoints, set_seed
 
 from align.eval.generation import declared_decoding, prompt_ids
@@ -49,6 +50,7 @@ from align.ppo import core
 from align.ppo.config import PPOConfig
 
 VALUE_DIR, PPO_STATE = "value_model", "ppo_state.pt"
+NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]  # as Trainer
 EVAL_SEED = 1_000_003  # added to args.seed: the eval prompts are sampled with the same seed every time
 
 
@@ -97,6 +99,16 @@ def value_model_from_policy(model: nn.Module) -> nn.Module:
     weights = {k.replace(".base_layer", ""): v for k, v in base.base_model.state_dict().items() if "lora_" not in k}
     value.base_model.load_state_dict(weights)
     return value.to(next(base.parameters()).device)
+
+
+def param_groups(model: nn.Module, weight_decay: float, **options) -> list[dict]:
+    """The trainable parameters as AdamW groups, weight decay only where transformers' Trainer applies it
+    (not on biases and norms)."""
+    decayed = set(get_parameter_names(model, [nn.LayerNorm], NO_DECAY))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in trainable if n in decayed], "weight_decay": weight_decay, **options},
+              {"params": [p for n, p in trainable if n not in decayed], "weight_decay": 0.0, **options}]
+    return [g for g in groups if g["params"]]
 
 
 def load_weights(model: nn.Module, file: Path) -> None:
@@ -211,8 +223,8 @@ class PPOTrainer:
             math.ceil(args.num_train_epochs * len(self.train_ids) / self.episodes_per_step)
 
         self.model = PolicyAndValue(model, value_model)
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
-                  {"params": list(value_model.parameters()), "lr": args.value_learning_rate or args.learning_rate}]
+        groups = [*param_groups(model, args.weight_decay),
+                  *param_groups(value_model, args.weight_decay, lr=args.value_learning_rate or args.learning_rate)]
         optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                       eps=args.adam_epsilon, weight_decay=args.weight_decay)
         updates = max_steps * args.ppo_epochs * args.num_mini_batches
@@ -333,7 +345,8 @@ class PPOTrainer:
         scores = core.shape_scores(raw_scores, has_eos, scale=args.reward_scale, shift=args.reward_shift,
                                    missing_eos_penalty=args.missing_eos_penalty, clip=args.reward_clip)
         mask, beta = batch["mask"], self.kl_ctl.value
-        rewards, non_score = core.per_token_rewards(scores, batch["logprobs"], batch["ref_logprobs"], mask, beta)
+        rewards, non_score = core.per_token_rewards(scores, batch["logprobs"], batch["ref_logprobs"], mask, beta,
+                                                    args.kl_estimator)
         if args.whiten_rewards:
             rewards = core.masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = core.gae(rewards, batch["values"], mask, args.gamma, args.lam)

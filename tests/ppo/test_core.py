@@ -110,6 +110,16 @@ def test_per_token_rewards_put_the_score_on_the_last_real_token():
     assert torch.allclose(rewards, T([-0.05, 0.1, 1.0], [0.0, 1.9, 0.0], [-0.1, 0.0, 3.0]))
 
 
+def test_per_token_rewards_with_the_k3_penalty():
+    """k3 = (e^{-Δ} - 1) + Δ with Δ = log pi - log ref: never negative, so the penalty never pays the policy."""
+    logp, ref, mask = T([[-1.0, -2.0]]), T([[-1.5, -1.0]]), T([[1.0, 1.0]])
+    rewards, non_score = core.per_token_rewards(T([1.0]), logp, ref, mask, kl_coef=0.1, kl_estimator="k3")
+    # Δ = [0.5, -1.0]: k3 = [e^-0.5 - 1 + 0.5, e^1 - 1 - 1] = [0.1065307, 0.7182818]; k1 would give [0.05, -0.1]
+    expected = [-0.1 * (math.exp(-0.5) - 0.5), -0.1 * (math.e - 2.0)]
+    assert non_score[0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert rewards[0].tolist() == pytest.approx([expected[0], expected[1] + 1.0], abs=1e-6)
+
+
 def test_gae_by_hand():
     rewards = T([0.0, 0.0, 1.0], [0.5, 2.0, 0.0])
     values = T([0.5, 0.6, 0.7], [1.0, 1.0, 9.0])

@@ -313,9 +313,24 @@ def test_config_and_constructor_reject_mistakes(tmp_path, tiny_model_dir, tiny_t
         PPOConfig(kl_estimator="k4", **common)
     with pytest.raises(ValueError, match="divisible"):
         PPOConfig(rollout_batch_size=10, num_mini_batches=3, **common)
+    with pytest.raises(ValueError, match="optim='adafactor' is not supported"):  # never silently ignored
+        PPOConfig(optim="adafactor", **common)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=4 is not used by PPO"):
+        PPOConfig(gradient_accumulation_steps=4, **common)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with pytest.raises(ValueError, match="reward"):
         PPOTrainer(model, processing_class=tiny_tokenizer, args=PPOConfig(**common), train_dataset=PROMPTS)
     with pytest.raises(ValueError, match="prompt"):
         PPOTrainer(model, reward_funcs=[token_share(tiny_tokenizer)], processing_class=tiny_tokenizer,
                    args=PPOConfig(**common), train_dataset=datasets.Dataset.from_dict({"input_ids": [[1, 2]]}))
+
+
+def test_weight_decay_skips_biases_and_norms_as_trainer_does(tmp_path, tiny_model_dir, tiny_tokenizer):
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", weight_decay=0.1, max_steps=1)
+    t = PPOTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), reward_funcs=[token_share(tiny_tokenizer)],
+                   processing_class=tiny_tokenizer, args=args, train_dataset=PROMPTS)
+    names = {id(p): n for n, p in t.accelerator.unwrap_model(t.model).named_parameters()}
+    decayed = [names[id(p)] for g in t.optimizer.param_groups if g["weight_decay"] == 0.1 for p in g["params"]]
+    kept = [names[id(p)] for g in t.optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]]
+    assert decayed and kept and all("norm" in n for n in kept) and not any("norm" in n for n in decayed)
+    assert len(decayed) + len(kept) == sum(p.requires_grad for p in t.accelerator.unwrap_model(t.model).parameters())
