@@ -88,7 +88,16 @@ def looks_like_hub_id(value: str) -> bool:
     return "/" not in value or not Path(value.split("/")[0]).is_dir()
 
 
-def resolve_model_path(path: str | Path, *, field: str = "model", files=("config.json", "adapter_config.json")) -> str:
+MODEL_FILES = ("config.json", "adapter_config.json")  # a full model, or a PEFT adapter on a base
+
+
+def model_folder(path: Path, files=MODEL_FILES) -> Path | None:
+    """The folder in ``path`` that holds a model (one of ``files``): ``merged/`` first (a LoRA stage's merged
+    copy), else ``path`` itself; None when neither does."""
+    return next((c for c in (path / "merged", path) if any((c / name).exists() for name in files)), None)
+
+
+def resolve_model_path(path: str | Path, *, field: str = "model", files=MODEL_FILES) -> str:
     """Accept a stage folder, a folder with a model/adapter, or a hub id (used as given)."""
     p = Path(path)
     if not p.exists():
@@ -96,9 +105,9 @@ def resolve_model_path(path: str | Path, *, field: str = "model", files=("config
             raise AlignError(f"{field}: {path} does not exist. Give a stage reference like ${{stages.sft}}, "
                              f"a local model folder, or a hub model id.")
         return str(path)  # hub id; transformers reports network problems itself
-    for candidate in (p / "merged", p):
-        if any((candidate / name).exists() for name in files):
-            return str(candidate.resolve())
+    folder = model_folder(p, files)
+    if folder is not None:
+        return str(folder.resolve())
     raise AlignError(f"{field}: {path} holds no model (no {' or '.join(files)}). "
                      f"Has the stage that writes it finished?")
 

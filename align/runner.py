@@ -267,11 +267,6 @@ class StageContext:
             "use_cpu": not torch.cuda.is_available(),
             "dataloader_num_workers": 0,
         }
-        from align.validate import field_problems
-
-        problems = field_problems(user, config_class, self.where("args"), unknown=False)
-        if problems:
-            raise AlignError("\n".join(problems))
         base = {k: v for k, v in {**common, **defaults}.items() if k in fields}
         try:
             return config_class(**{**base, **user})

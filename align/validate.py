@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from align.errors import AlignError
-from align.models import looks_like_hub_id
+from align.models import MODEL_FILES, looks_like_hub_id, model_folder
 from align.recipe import Recipe, Stage, StageRef, suggest
 
 EXAMPLE_PROMPT = "Write a review of the Zenmor X2 blender."
@@ -43,7 +43,6 @@ EXAMPLE_RESPONSES = ("The Zenmor X2 blender is quiet and sturdy; it makes a smoo
 BUILTIN_ROWS_CHECKED = 20_000  # a builtin split larger than this is checked on its first rows (same generator)
 HUB_ROWS_CHECKED = 200  # hub datasets are streamed: their first rows are checked, nothing is downloaded in full
 MODEL_KEYS = ("model", "policy", "reward")  # stage keys naming a model to load
-MODEL_FILES = ("config.json", "adapter_config.json")
 TOKENIZER_FILES = ("tokenizer_config.json",)
 LORA_ALIASES = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
                 "target": "target_modules", "modules": "target_modules"}  # names other libraries use
@@ -458,7 +457,7 @@ class Checker:
             if read_marker(value) is None:
                 return  # made by the run; the plan says when
             folder = Path(value)
-            if not any((c / f).exists() for c in (folder / "merged", folder) for f in files):
+            if model_folder(folder, files) is None:
                 self.problem(f"{where}: stage {value.stage} is marked finished but {folder} holds no {what} "
                              f"(no {' or '.join(files)}); re-run it with --from {value.stage}.")
             return
@@ -469,7 +468,7 @@ class Checker:
         if path.exists():
             if not path.is_dir():
                 self.problem(f"{where}: {value} is a file; expected a {what} folder (holding {' or '.join(files)}).")
-            elif not any((c / f).exists() for c in (path / "merged", path) for f in files):
+            elif model_folder(path, files) is None:
                 self.problem(f"{where}: {value} holds no {what} (no {' or '.join(files)}). Give a folder written by "
                              f"save_pretrained, a stage reference like ${{stages.sft}}, or a hub id.")
             else:
@@ -687,8 +686,6 @@ class StubTokenizer:
 
     def __len__(self) -> int:
         return 4096
-
-
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:

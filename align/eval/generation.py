@@ -130,10 +130,9 @@ def ignored_generation_settings(model) -> dict:
     own = getattr(model, "generation_config", None)
     if own is None:
         return {}
-    keys = ("do_sample", "temperature", *NEUTRAL_DECODING)
     defaults = own._get_default_generation_params()
-    return {k: getattr(own, k) for k in keys if getattr(own, k, None) is not None
-            and getattr(own, k) != defaults.get(k, NEUTRAL_DECODING.get(k)) and getattr(own, k) != NEUTRAL_DECODING.get(k)}
+    values = {k: getattr(own, k, None) for k in ("do_sample", "temperature", *NEUTRAL_DECODING)}
+    return {k: v for k, v in values.items() if v is not None and v not in (defaults.get(k), NEUTRAL_DECODING.get(k))}
 
 
 def response_ids(generated: torch.Tensor, stop: list[int]) -> list[list[int]]:

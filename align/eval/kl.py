@@ -85,27 +85,30 @@ def kl_estimates(logp: torch.Tensor, ref_logp: torch.Tensor) -> tuple[float, flo
     return float(-r.sum()), float((r.exp() - 1 - r).sum())
 
 
-def kl_from_ids(policy, reference, sampled: list[tuple[list[int], list[int]]], *, pad_id: int = 0,
-                batch_size: int = 16) -> dict:
-    """Per-sample KL(pi || pi_ref) from ``(prompt_ids, response_ids)`` pairs as ``generate(return_ids=True)``
-    returns them: the log-probs of exactly the sampled tokens, under both models."""
-    if vocab_size(policy) != vocab_size(reference):
-        raise AlignError(f"KL to the reference is undefined: the policy predicts {vocab_size(policy)} tokens and the "
-                         f"reference {vocab_size(reference)}, so they do not share a tokenizer.")
-    sequences, starts = [list(p) + list(r) for p, r in sampled], [len(p) for p, _ in sampled]
-    logp = token_logprobs(policy, sequences, starts, pad_id=pad_id, batch_size=batch_size)
-    ref_logp = token_logprobs(reference, sequences, starts, pad_id=pad_id, batch_size=batch_size)
-    k1, k3 = zip(*(kl_estimates(a, b) for a, b in zip(logp, ref_logp))) if logp else ((), ())
-    return {"estimator": ESTIMATOR, "k1": list(k1), "k3": list(k3), "response_tokens": [len(r) for _, r in sampled]}
-
-
 def vocab_size(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
+def kl_from_ids(policy, reference, sampled: list[tuple[list[int], list[int]]], *, pad_id: int = 0,
+                batch_size: int = 16) -> dict:
+    """Per-sample KL(pi || pi_ref), k1 and k3 (see module doc), from ``(prompt_ids, response_ids)`` pairs as
+    ``generate(return_ids=True)`` returns them: the log-probs of exactly the sampled tokens, under both models."""
+    if vocab_size(policy) != vocab_size(reference):
+        raise AlignError(f"KL to the reference is undefined: the policy predicts {vocab_size(policy)} tokens and the "
+                         f"reference {vocab_size(reference)}, so they do not share a tokenizer. Compare them with bits "
+                         f"per byte and judges instead.")
+    sequences, starts = [list(p) + list(r) for p, r in sampled], [len(p) for p, _ in sampled]
+    logp = token_logprobs(policy, sequences, starts, pad_id=pad_id, batch_size=batch_size)
+    ref_logp = token_logprobs(reference, sequences, starts, pad_id=pad_id, batch_size=batch_size)
+    k1, k3 = zip(*(kl_estimates(a, b) for a, b in zip(logp, ref_logp))) if logp else ((), ())
+    return {"estimator": ESTIMATOR, "k1": list(k1), "k3": list(k3), "response_tokens": [len(x) for x in logp],
+            "k1_mean": sum(k1) / len(k1) if k1 else None, "k3_mean": sum(k3) / len(k3) if k3 else None}
+
+
 def kl_to_reference(policy, reference, tokenizer, prompts: list, responses: list[str], *, reference_tokenizer=None,
                     batch_size: int = 16, chat: bool = True) -> dict:
-    """Per-sample KL(pi || pi_ref) on responses sampled from ``policy``: k1 and k3 (see module doc).
+    """``kl_from_ids`` for responses given as text (sampled from ``policy`` elsewhere), re-tokenised with the
+    chat formatting of generation.
 
     Both models must share ``tokenizer``: the KL between distributions over different token
     vocabularies is not defined, so a mismatch is an error rather than a number.
@@ -114,12 +117,7 @@ def kl_to_reference(policy, reference, tokenizer, prompts: list, responses: list
         raise AlignError("KL to the reference is undefined: the policy and the reference use different tokenizers "
                          "(different vocabularies), so their next-token distributions are over different sets. "
                          "Compare them with bits per byte and judges instead.")
-    if vocab_size(policy) != vocab_size(reference):
-        raise AlignError(f"KL to the reference is undefined: the policy predicts {vocab_size(policy)} tokens and the "
-                         f"reference {vocab_size(reference)}, so they do not share a tokenizer. Compare them with bits "
-                         f"per byte and judges instead.")
-    logp = sequence_logprobs(policy, tokenizer, prompts, responses, batch_size=batch_size, chat=chat)
-    ref_logp = sequence_logprobs(reference, tokenizer, prompts, responses, batch_size=batch_size, chat=chat)
-    k1, k3 = zip(*(kl_estimates(a, b) for a, b in zip(logp, ref_logp))) if logp else ((), ())
-    return {"estimator": ESTIMATOR, "k1": list(k1), "k3": list(k3), "response_tokens": [len(x) for x in logp],
-            "k1_mean": sum(k1) / len(k1) if k1 else None, "k3_mean": sum(k3) / len(k3) if k3 else None}
+    encoded = [conversation_ids(tokenizer, p, r, chat=chat) for p, r in zip(prompts, responses, strict=True)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return kl_from_ids(policy, reference, [(ids[:start], ids[start:]) for ids, start in encoded], pad_id=pad_id,
+                       batch_size=batch_size)

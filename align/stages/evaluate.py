@@ -68,8 +68,9 @@ def policy_kind(path) -> str | None:
     return marker.get("kind") if marker else None
 
 
-def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout_texts) -> tuple[dict, list[dict]]:
+def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout_texts, modules) -> tuple[dict, list[dict]]:
     """Generate, judge and measure one policy; returns its held-out numbers and per-prompt records.
+    ``modules``: the loaded ``evaluate`` modules, ``{"perplexity": module or None, "extra": [(name, module, args)]}``.
 
     Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
     so the records are the same whatever the number of processes."""
@@ -101,10 +102,9 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
         record["prompt_id"] = i
     extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
     if heldout_texts:
-        ppl = load_metric("perplexity", ctx.where("heldout")).compute(predictions=heldout_texts, model=model,
-                                                                       tokenizer=tokenizer)
+        ppl = modules["perplexity"].compute(predictions=heldout_texts, model=model, tokenizer=tokenizer)
         extra.update(perplexity=ppl["mean_perplexity"], bits_per_byte=ppl["bits_per_byte"])
-    extra["extra_metrics"] = extra_metrics(ctx, [r["response"] for r in records])
+    extra["extra_metrics"] = extra_metrics(modules["extra"], [r["response"] for r in records])
     return extra, records
 
 
@@ -140,11 +140,11 @@ def load_metric(module: str, where: str):
                          f"folder or .py file, or a hub id when online.") from None
 
 
-def extra_metrics(ctx, responses: list[str]) -> dict:
+def extra_metrics(modules: list[tuple[str, object, dict]], responses: list[str]) -> dict:
     """Every ``metrics:`` module on one policy's responses; numeric results only, named ``<module>/<key>``."""
     values = {}
-    for name, module, args in metric_specs(ctx):
-        result = load_metric(module, ctx.where("metrics")).compute(predictions=responses, **args)
+    for name, module, args in modules:
+        result = module.compute(predictions=responses, **args)
         values.update({f"{name}/{k}": float(v) for k, v in (result or {}).items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return values
@@ -175,8 +175,10 @@ def run(ctx) -> dict:
     judge_names = ctx.spec["judges"] if isinstance(ctx.spec["judges"], list) else [ctx.spec["judges"]]
     judges = {name: build_judge(name, ctx.recipe.judges[name]) for name in judge_names}
     primary = judge_names[0]
-    for name, module, _ in metric_specs(ctx):  # a bad metric fails now, not after minutes of sampling
-        load_metric(module, ctx.where("metrics"))
+    # every evaluate module loaded once, before sampling: a bad metric fails now, not after minutes of it
+    modules = {"extra": [(name, load_metric(module, ctx.where("metrics")), args)
+                         for name, module, args in metric_specs(ctx)],
+               "perplexity": load_metric("perplexity", ctx.where("heldout")) if "heldout" in ctx.spec else None}
     generation = ctx.options("generation", GENERATION_DEFAULTS)
     prompts_ds = ctx.dataset("prompts", expected=EXPECTED["prompts"])
     prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
@@ -187,7 +189,8 @@ def run(ctx) -> dict:
     for name, path in policies.items():
         if ctx.is_main_process:
             print(f"{ctx.name}: {name} ({path}) on {len(prompts)} prompts")
-        extra, by_policy[name] = evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout)
+        extra, by_policy[name] = evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout,
+                                                 modules)
         results[name] = {"path": str(path), "kind": policy_kind(path), **extra}
     records = [r for i in range(len(prompts)) for r in (by_policy[name][i] for name in policies)]
 
