@@ -61,5 +61,6 @@ def launch_warnings(num_processes: int, has_gpu: bool, env: Mapping[str, str] = 
         sharding = plan["sharding"]
         warnings.append(
             f"{sharding.upper()} sharding was requested, but on a machine without GPUs accelerate and Trainer fall back "
-            f"to plain data parallelism: every process holds the whole model and optimizer. Shard on GPUs.")
+            f"to plain data parallelism: every process holds the whole model and optimizer (the ppo stage is the "
+            f"exception: it shards policy and critic with FSDP2 itself). Shard on GPUs.")
     return warnings

@@ -391,10 +391,10 @@ class Checker:
     def training_keys(self, stage: Stage, module, where: str) -> None:
         keys = getattr(module, "KEYS", {})
         classifier = stage.kind == "reward"  # LoRA only when given; elsewhere on unless `lora: false`
-        if "lora" in keys:
-            lora = stage.spec.get("lora")
-            if lora is not None and lora is not False:
-                self.lora(lora, f"{where}.lora")
+        for key in ("lora", "value_lora"):
+            value = stage.spec.get(key) if key in keys else None
+            if value is not None and value is not False and not (key == "value_lora" and value is True):
+                self.lora(value, f"{where}.{key}")
         if "quantization" in keys and stage.spec.get("quantization") not in (None, False):
             from align.models import quantization_config
 

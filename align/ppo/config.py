@@ -60,6 +60,14 @@ class PPOConfig(TrainingArguments):
     cliprange_value: float = knob(0.2, "Clip range of the value update around the rollout's values.")
     vf_coef: float = knob(0.1, "Weight of the value loss in pg_loss + vf_coef·vf_loss.")
     value_learning_rate: float | None = knob(None, "Learning rate of the value model (None: learning_rate).")
+    loss_aggregation: str = knob("token", "How per-token losses make a minibatch's loss: token (sum over real tokens / "
+                                          "their number in the whole minibatch, all processes: every token weighs "
+                                          "the same) or sequence (mean per response, then over responses: every "
+                                          "response weighs the same). Either way the update does not depend on "
+                                          "per_device_train_batch_size or the number of processes.")
+    value_max_grad_norm: float | None = knob(None, "Gradient-norm clip of the critic, applied apart from the policy's "
+                                                   "max_grad_norm so that large early value gradients cannot shrink "
+                                                   "policy steps (None: the same limit as max_grad_norm; 0: no clip).")
     gamma: float = knob(1.0, "Discount factor γ.")
     lam: float = knob(0.95, "GAE λ.")
     whiten_advantages: bool = knob(True, "Normalise advantages to mean 0, std 1 over each rollout batch.")
@@ -100,6 +108,8 @@ class PPOConfig(TrainingArguments):
             problems.append(f"gradient_accumulation_steps={self.gradient_accumulation_steps} is not used by PPO, which "
                             f"accumulates micro-batches (per_device_train_batch_size) into each of its num_mini_batches "
                             f"optimizer steps itself; leave it at 1")
+        if self.loss_aggregation not in ("token", "sequence"):
+            problems.append(f"loss_aggregation must be token or sequence, not {self.loss_aggregation!r}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             problems.append(f"kl_estimator must be k1, k2 or k3, not {self.kl_estimator!r}")
         if self.value_model_init not in ("reward_model", "policy"):
@@ -130,6 +140,11 @@ class PPOConfig(TrainingArguments):
     @property
     def mini_batch_size(self) -> int:
         return self.rollout_batch_size // self.num_mini_batches
+
+    @property
+    def critic_max_grad_norm(self) -> float:
+        """The critic's gradient-norm limit: value_max_grad_norm, else max_grad_norm."""
+        return self.max_grad_norm if self.value_max_grad_norm is None else self.value_max_grad_norm
 
     @property
     def micro_batch_size(self) -> int:

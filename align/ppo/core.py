@@ -189,30 +189,56 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 # ----------------------------------------------------------------------------- losses
 
 
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token",
+              total: torch.Tensor | float | None = None) -> torch.Tensor:
+    """A (micro-)batch's per-token losses as its share of the minibatch objective.
+
+        token:     sum_{i,t} x_it·m_it / N          N = real tokens in the whole minibatch,
+        sequence:  sum_i (sum_t x_it·m_it / n_i) / N    n_i = real tokens of response i, N = responses.
+
+    ``token`` weighs every token alike, ``sequence`` every response alike whatever its length.
+    ``total`` is N over the whole minibatch (all micro-batches, all processes), so that the
+    micro-batch losses add up to the minibatch's and the objective does not depend on how it is
+    split; None takes this batch's own N, which is the masked mean (token) or the mean of
+    per-response means (sequence).
+    """
+    mask = mask.to(per_token.dtype)
+    if mode == "token":
+        summed = (per_token * mask).sum()
+        return summed / (mask.sum().clamp(min=1) if total is None else total)
+    if mode == "sequence":
+        summed = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum()
+        return summed / (per_token.size(0) if total is None else total)
+    raise ValueError(f"unknown loss aggregation {mode!r}; use token or sequence")
+
+
 def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped surrogate (Schulman et al. 2017), as a loss to minimise, averaged over real tokens:
+                cliprange: float, aggregation: str = "token",
+                total: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate (Schulman et al. 2017), as a loss to minimise, aggregated over real tokens
+    (``aggregate``; by default the mean over tokens):
 
         ρ = exp(log pi_new - log pi_old),
         L = mean_t max(-A_t·ρ_t, -A_t·clip(ρ_t, 1-ε, 1+ε)).
 
     Returns ``(loss, clipfrac, approx_kl)``: ``clipfrac`` is the share of tokens where the clipped
     term is strictly the larger (the gradient is cut there); ``approx_kl = ½·mean (log ρ)²`` (the
-    k2 estimator of KL(old || new), as TRL's PPO logged it).
+    k2 estimator of KL(old || new), as TRL's PPO logged it). Both are plain token means.
     """
     log_ratio = new_logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    loss = aggregate(torch.max(unclipped, clipped), mask, aggregation, total)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
     return loss, clipfrac, approx_kl
 
 
 def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped value loss (PPO2 baselines / TRL):
+               cliprange_value: float, aggregation: str = "token",
+               total: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss (PPO2 baselines / TRL), aggregated as ``policy_loss``:
 
         V_clip = V_old + clip(V - V_old, -ε_v, ε_v),
         L_V = ½·mean_t max((V_t - R_t)², (V_clip_t - R_t)²).
@@ -222,7 +248,7 @@ def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torc
     clipped_values = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
     unclipped_error = (new_values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(unclipped_error, clipped_error), mask)
+    loss = 0.5 * aggregate(torch.max(unclipped_error, clipped_error), mask, aggregation, total)
     return loss, masked_mean((clipped_error > unclipped_error).float(), mask)
 
 

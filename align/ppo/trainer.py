@@ -4,7 +4,11 @@ A self-contained loop under ``accelerate`` that keeps transformers' ``TrainerSta
 ``TrainerControl`` and callbacks, so ``report_to`` integrations, user callbacks and
 ``trainer_state.json`` work as with any Trainer. One step (``global_step``) is one PPO iteration.
 
-- Policy and value model sit in one module (one DDP wrapper, one AdamW with a param group each).
+- Policy and value model sit in one module (one DDP wrapper, one AdamW with a param group each);
+  under an FSDP2 launch config both are sharded with ``fully_shard`` (see ``align.ppo.sharding``).
+- The value model may be a LoRA adapter (``value_peft_config``) with a trainable head. On the
+  reward model's weights, the reward model is that same module with the adapter disabled: one
+  frozen copy serves both, as the LoRA policy's base serves as the reference.
 - The value model is a sequence classifier used per token: its scalar head on the hidden state at
   the position whose logits sample ``a_t`` gives ``V(s_t)``. It starts as a copy of the reward
   model (InstructGPT) or, without one, as the policy's backbone with a new scalar head.
@@ -46,10 +50,10 @@ from transformers.trainer_pt_utils import get_parameter_names
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint, rotate_checkpoints, set_seed
 
 from align.eval.generation import declared_decoding, prompt_ids
-from align.ppo import core
+from align.ppo import core, sharding
 from align.ppo.config import PPOConfig
 
-VALUE_DIR, PPO_STATE = "value_model", "ppo_state.pt"
+VALUE_DIR, PPO_STATE, TRAINING_STATE = "value_model", "ppo_state.pt", "training_state"
 NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]  # as Trainer
 EVAL_SEED = 1_000_003  # added to args.seed: the eval prompts are sampled with the same seed every time
 
@@ -71,18 +75,23 @@ class PolicyAndValue(nn.Module):
     def __init__(self, policy: nn.Module, value_model: nn.Module):
         super().__init__()
         self.policy, self.value_model = policy, value_model
-        if not hasattr(value_model, "score"):
+        if not hasattr(self._critic, "score"):
             raise ValueError("the value model must be a decoder sequence classifier with a `score` head "
                              "(e.g. LlamaForSequenceClassification)")
+
+    @property
+    def _critic(self) -> nn.Module:  # the classifier itself, inside a peft wrapper if the critic is LoRA
+        return self.value_model.get_base_model() if hasattr(self.value_model, "get_base_model") else self.value_model
 
     def forward(self, input_ids, attention_mask, response_length: int):
         positions = core.position_ids(attention_mask)
         # The logits at position p sample token p+1: the last n tokens come from positions -n-1 .. -2.
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                              use_cache=False, logits_to_keep=response_length + 1).logits[:, :-1]
-        hidden = self.value_model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                             position_ids=positions, use_cache=False).last_hidden_state
-        values = self.value_model.score(hidden[:, -response_length - 1:-1]).squeeze(-1)
+        critic = self._critic  # backbone and head called directly: LoRA layers sit inside them
+        hidden = getattr(critic, critic.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask,
+                                                           position_ids=positions, use_cache=False).last_hidden_state
+        values = critic.score(hidden[:, -response_length - 1:-1]).squeeze(-1)
         return logits, values.float()
 
 
@@ -101,6 +110,17 @@ def value_model_from_policy(model: nn.Module) -> nn.Module:
     return value.to(next(base.parameters()).device)
 
 
+def lora_critic(value_model: nn.Module, config) -> nn.Module:
+    """The critic as a LoRA adapter on ``value_model`` plus a trainable copy of its ``score`` head (peft's
+    SEQ_CLS task keeps the head in ``modules_to_save``; with the adapter disabled the original head scores)."""
+    from peft import get_peft_model
+
+    if getattr(config, "task_type", None) != "SEQ_CLS":
+        config = copy.deepcopy(config)
+        config.task_type = "SEQ_CLS"
+    return get_peft_model(value_model, config)
+
+
 def param_groups(model: nn.Module, weight_decay: float, **options) -> list[dict]:
     """The trainable parameters as AdamW groups, weight decay only where transformers' Trainer applies it
     (not on biases and norms)."""
@@ -111,30 +131,23 @@ def param_groups(model: nn.Module, weight_decay: float, **options) -> list[dict]
     return [g for g in groups if g["params"]]
 
 
-def load_weights(model: nn.Module, file: Path) -> None:
-    from safetensors.torch import load_file
-
-    result = model.load_state_dict(load_file(str(file)), strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in result.missing_keys if k not in tied and not k.startswith("lm_head")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{file} does not match the model: missing {missing}, unexpected {result.unexpected_keys}")
-
-
 class PPOTrainer:
     def __init__(self, model, ref_model=None, reward_model=None, reward_funcs=None, value_model=None,
                  processing_class=None, args: PPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 peft_config=None, callbacks=None, reward_processing_class=None, chat: bool = True):
+                 peft_config=None, callbacks=None, reward_processing_class=None, chat: bool = True,
+                 value_peft_config=None):
         """``reward_processing_class``: the reward model's own tokenizer (default: the policy's). Responses are
         decoded to text and re-encoded with it and its chat template, so a reward model of another family scores
         what it was trained on. ``chat``: render prompts with the chat template (a plain string is one user
-        message); False continues string prompts as raw text."""
+        message); False continues string prompts as raw text. ``value_peft_config``: a peft ``LoraConfig`` that
+        makes the critic a LoRA adapter plus a trainable head (task type SEQ_CLS); on the reward model's own
+        weights when the critic starts from the reward model."""
         from accelerate import Accelerator
 
         from align.chat_templates import prepare_chat_template
         from align.eval.generation import decoding_config, note_ignored_settings, stop_ids
         from align.eval.judges import RewardModelJudge
-        from align.models import keep_4bit_trainable, load_causal_lm, load_sequence_classifier, load_tokenizer
+        from align.models import is_quantized, keep_4bit_trainable, load_causal_lm, load_sequence_classifier, load_tokenizer
 
         self.args = args = args if args is not None else PPOConfig(output_dir="ppo_output")
         if reward_model is None and not reward_funcs:
@@ -145,6 +158,8 @@ class PPOTrainer:
         precision = "bf16" if args.bf16 and cuda and torch.cuda.is_bf16_supported() else "fp16" if args.fp16 and cuda else "no"
         self.accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
         device, world = self.accelerator.device, self.accelerator.num_processes
+        shard_options = sharding.requested_sharding()
+        self.sharded = shard_options is not None and world > 1
         set_seed(args.seed + self.accelerator.process_index)  # every process samples its own responses
 
         if isinstance(model, (str, os.PathLike)):
@@ -185,25 +200,35 @@ class PPOTrainer:
         # value model: given, a copy of the reward model, or the policy's backbone (before LoRA is added)
         if isinstance(value_model, (str, os.PathLike)):
             value_model = load_sequence_classifier(value_model, field="value_model")[0]
+        shares_reward_model = False
         if value_model is None and self.judge is not None and args.value_model_init == "reward_model":
             if self.judge.tokenizer.get_vocab() == tok.get_vocab():
-                value_model = copy.deepcopy(self.judge.model)
+                # a LoRA critic wraps the reward model itself (adapter off = the reward model); sharded, it wraps a copy
+                shares_reward_model = value_peft_config is not None and not self.sharded
+                value_model = self.judge.model if shares_reward_model else copy.deepcopy(self.judge.model)
             elif self.accelerator.is_main_process:  # the critic reads the policy's tokens: it needs its vocabulary
                 logging.getLogger("align").info(
                     "PPO: the reward model uses another tokenizer than the policy, so the value model starts from "
                     "the policy's weights with a new value head (not from the reward model).")
         value_model = value_model if value_model is not None else value_model_from_policy(model)
         keep_4bit_trainable(model)  # rollouts are no-grad eval forwards
+        if self.sharded and (is_quantized(model) or is_quantized(value_model)):
+            raise ValueError("a 4/8-bit (bitsandbytes) model cannot be sharded by PPO's FSDP2 path; launch without the "
+                             "FSDP config, or train in full precision")
         value_model.config.pad_token_id = tok.pad_token_id
         if peft_config is not None:
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
+        if value_peft_config is not None:
+            value_model = lora_critic(value_model, value_peft_config)
+        # the judge scores with the reward model: with the critic's adapter on its weights, with the adapter off
+        self.reward_model_context = value_model.disable_adapter if shares_reward_model else contextlib.nullcontext
         self.is_peft = hasattr(model, "disable_adapter")
         if isinstance(ref_model, (str, os.PathLike)):
             ref_model = load_causal_lm(ref_model)
         self.ref_model = ref_model if ref_model is not None or self.is_peft else copy.deepcopy(model)
-        for frozen in (self.ref_model, self.judge.model if self.judge else None):
+        for frozen in (self.ref_model, self.judge.model if self.judge and not shares_reward_model else None):
             if frozen is not None:
                 frozen.eval().requires_grad_(False).to(device)
         for m in (model, value_model, self.ref_model):
@@ -211,7 +236,8 @@ class PPOTrainer:
                 disable_dropout(m)
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
-        value_model.requires_grad_(True)
+        if value_peft_config is None:
+            value_model.requires_grad_(True)
 
         # prompts: TRL's prompt-only formats, tokenised once (conversational -> chat template + generation prompt)
         self.train_rows, self.train_ids = self._prompts(train_dataset, "train_dataset")
@@ -223,6 +249,11 @@ class PPOTrainer:
             math.ceil(args.num_train_epochs * len(self.train_ids) / self.episodes_per_step)
 
         self.model = PolicyAndValue(model, value_model)
+        if self.sharded:  # before the optimizer exists: it must hold the sharded parameters
+            self.reshard_after_forward = shard_options["reshard_after_forward"]
+            sharding.shard(self.model, [model, value_model], device, **shard_options)
+            with torch.no_grad():  # FSDP2 must see the root's forward before a submodule's (generate calls the policy)
+                self.model(torch.full((1, 2), tok.pad_token_id, device=device), torch.ones(1, 2, device=device), 1)
         groups = [*param_groups(model, args.weight_decay),
                   *param_groups(value_model, args.weight_decay, lr=args.value_learning_rate or args.learning_rate)]
         optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -231,7 +262,10 @@ class PPOTrainer:
         # not prepared: accelerate would step a prepared scheduler once per process
         self.scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(updates),
                                        num_training_steps=updates, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        if self.sharded:  # accelerate must not wrap the sharded module in DDP
+            self.optimizer = self.accelerator.prepare(optimizer)
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.kl_ctl = (core.AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon) if args.adaptive_kl
                        else core.FixedKLController(args.kl_coef))
         self.state = self._new_state(max_steps)
@@ -240,6 +274,7 @@ class PPOTrainer:
             [DefaultFlowCallback, *get_reporting_integration_callbacks(args.report_to), *(callbacks or [])],
             model, tok, self.optimizer, self.scheduler)
         self.prompts_seen: list[int] = []  # dataset indices rolled out by this process, in order
+        self._gathered = False
         self._permutations: dict[int, list[int]] = {}
         self.control = self.callback_handler.on_init_end(args, self.state, self.control)
 
@@ -291,9 +326,27 @@ class PPOTrainer:
         return self.accelerator.reduce(value.to(self.accelerator.device), reduction=reduction).item()
 
     # ------------------------------------------------------------------ rollout and scoring
+    @contextlib.contextmanager
+    def full_weights(self):
+        """Sharded: the policy and critic gathered on every process for the block (rollouts sample from full weights).
+        Re-entrant, and a no-op when nothing is sharded."""
+        if not self.sharded or self._gathered:
+            yield
+            return
+        self._gathered = True
+        try:
+            with sharding.gathered(self.model, self.reshard_after_forward):
+                yield
+        finally:
+            self._gathered = False
+
     @torch.no_grad()
     def rollout(self, prompt_ids: list[list[int]]) -> dict:
         """Sample responses to left-padded prompts; score their log-probs, reference log-probs and values."""
+        with self.full_weights():
+            return self._rollout(prompt_ids)
+
+    def _rollout(self, prompt_ids: list[list[int]]) -> dict:
         args, tok, device = self.args, self.tokenizer, self.accelerator.device
         width = max(map(len, prompt_ids))
         ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompt_ids], device=device)
@@ -325,7 +378,11 @@ class PPOTrainer:
 
     def score(self, rows: list, texts: list[str]) -> torch.Tensor:
         """Weighted sum of the reward model's score and each reward function's, per response."""
-        outputs = ([self.judge.score(rows, texts)] if self.judge is not None else []) + [f(rows, texts) for f in self.reward_funcs]
+        outputs = []
+        if self.judge is not None:
+            with self.reward_model_context():
+                outputs.append(self.judge.score(rows, texts))
+        outputs += [f(rows, texts) for f in self.reward_funcs]
         total = torch.zeros(len(texts))
         for weight, values in zip(self.reward_weights, outputs):
             total += weight * torch.tensor([float(v) for v in values])
@@ -377,16 +434,30 @@ class PPOTrainer:
         }
 
     def optimise(self, batch: dict, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, list]:
-        """``ppo_epochs`` passes of ``num_mini_batches`` AdamW steps (each accumulated over micro-batches)."""
+        """``ppo_epochs`` passes of ``num_mini_batches`` AdamW steps, each accumulated over micro-batches.
+
+        Each micro-batch's loss is its share of the minibatch objective (``core.aggregate`` over the
+        minibatch's token or response count on all processes), times the number of processes because
+        gradient reduction averages over them: the update does not depend on the micro-batch size or
+        on how the minibatch is spread over processes. Policy and critic gradients are clipped apart.
+        """
         args, size = self.args, batch["responses"].size(0)
         mini, micro, n = size // args.num_mini_batches, args.micro_batch_size, batch["responses"].size(1)
-        names = ("policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
-                 "val/clipfrac_avg", "val/ratio")
-        stats = {name: [] for name in names}
+        world = self.accelerator.num_processes
+        stats = {name: [] for name in ("policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
+                                       "val/clipfrac_avg", "val/ratio", "policy/grad_norm", "val/grad_norm")}
+        policy_params = [p for p in self.policy.parameters() if p.requires_grad]
+        value_params = [p for p in self.value_model.parameters() if p.requires_grad]
         self.model.train()
         for _ in range(args.ppo_epochs):
             order = torch.randperm(size, device=advantages.device)  # fresh minibatches every epoch
             for start in range(0, size, mini):
+                chosen = order[start:start + mini]
+                if args.loss_aggregation == "token":  # real tokens of the whole minibatch, all processes
+                    total = self.accelerator.reduce(batch["mask"][chosen].sum(), reduction="sum")
+                else:
+                    total = float(len(chosen) * world)
+                minibatch_losses = torch.zeros(2, device=advantages.device)
                 for micro_start in range(start, start + mini, micro):
                     idx = order[micro_start:micro_start + micro]
                     last = micro_start + micro >= start + mini
@@ -394,20 +465,28 @@ class PPOTrainer:
                         logits, values = self.model(batch["input_ids"][idx], batch["attention_mask"][idx], n)
                         new_logp = core.logprobs_from_logits(logits.float() / args.temperature, batch["responses"][idx])
                         old_logp, m = batch["logprobs"][idx], batch["mask"][idx]
-                        pg_loss, pg_clipfrac, approx_kl = core.policy_loss(new_logp, old_logp, advantages[idx], m, args.cliprange)
+                        pg_loss, pg_clipfrac, approx_kl = core.policy_loss(
+                            new_logp, old_logp, advantages[idx], m, args.cliprange, args.loss_aggregation, total)
                         vf_loss, vf_clipfrac = core.value_loss(values, batch["values"][idx], returns[idx], m,
-                                                               args.cliprange_value)
-                        self.accelerator.backward((pg_loss + args.vf_coef * vf_loss) * len(idx) / mini)
+                                                               args.cliprange_value, args.loss_aggregation, total)
+                        self.accelerator.backward((pg_loss + args.vf_coef * vf_loss) * world)
+                    minibatch_losses += torch.stack([pg_loss, vf_loss]).detach() * world
                     ratio = core.masked_mean(torch.exp(new_logp - old_logp), m)
-                    for name, value in zip(names, (approx_kl, pg_clipfrac, pg_loss, vf_loss, vf_clipfrac, ratio)):
+                    for name, value in (("policy/approxkl_avg", approx_kl), ("policy/clipfrac_avg", pg_clipfrac),
+                                        ("val/clipfrac_avg", vf_clipfrac), ("val/ratio", ratio)):
                         stats[name].append(value.detach())
-                if args.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                stats["loss/policy_avg"].append(minibatch_losses[0])
+                stats["loss/value_avg"].append(minibatch_losses[1])
+                for name, params, limit in (("policy/grad_norm", policy_params, args.max_grad_norm),
+                                            ("val/grad_norm", value_params, args.critic_max_grad_norm)):
+                    if limit and params:
+                        norm = self.accelerator.clip_grad_norm_(params, limit)  # the norm before clipping
+                        stats[name].append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm.detach())
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
-        return stats
+        return {name: values for name, values in stats.items() if values}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -415,7 +494,7 @@ class PPOTrainer:
         the policy's samples on the fixed eval prompts, drawn with the same seed every time."""
         totals = torch.zeros(3, device=self.accelerator.device)
         devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), self.full_weights():  # one gather, however many batches
             torch.manual_seed(self.args.seed + EVAL_SEED + self.accelerator.process_index)
             for i in range(0, len(self.eval_ids), self.args.rollout_batch_size):
                 chunk = slice(i, i + self.args.rollout_batch_size)
@@ -479,25 +558,41 @@ class PPOTrainer:
     # ------------------------------------------------------------------ saving and resuming
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """The policy (the adapter under LoRA) with the tokenizer; the value model under value_model/.
-        Safe to call on every process or on the main one only: only the main one writes, no barrier."""
+        Only the main process writes. Sharded, the weights are gathered first, so every process must call
+        it; otherwise calling it on the main process alone is enough (no barrier)."""
         output_dir = Path(output_dir or self.args.output_dir)
+        full = self._gather_full_weights() if self.sharded else None
         if self.accelerator.is_main_process:
-            self.policy.save_pretrained(output_dir)
+            policy_weights, value_weights = ({}, {}) if full is None else (
+                {"state_dict": {k[len("policy."):]: v for k, v in full.items() if k.startswith("policy.")}},
+                {"state_dict": {k[len("value_model."):]: v for k, v in full.items() if k.startswith("value_model.")}})
+            self.policy.save_pretrained(output_dir, **policy_weights)
             self.tokenizer.save_pretrained(output_dir)
-            self.value_model.save_pretrained(output_dir / VALUE_DIR)
+            self.value_model.save_pretrained(output_dir / VALUE_DIR, **value_weights)
+
+    def _gather_full_weights(self) -> dict:
+        """The full (unsharded) state dict of policy + critic on the main process, {} on the others. Collective."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def save_state(self) -> None:
         if self.accelerator.is_main_process:
             self.state.save_to_json(str(Path(self.args.output_dir) / "trainer_state.json"))
 
     def save_checkpoint(self) -> None:
-        """``checkpoint-N/``: policy + tokenizer, value_model/, optimizer.pt, scheduler.pt, ppo_state.pt
-        (KL controller), rng_state[_rank].pth (RNGs and prompts seen, per process), trainer_state.json."""
+        """``checkpoint-N/``: policy + tokenizer and value_model/ (as ``save_model``); training_state/ (the trainable
+        weights and AdamW states, each process writing its own shard: torch.distributed.checkpoint, which reloads
+        on any number of processes); scheduler.pt, ppo_state.pt (KL controller), rng_state[_rank].pth (RNGs and
+        prompts seen, per process) and trainer_state.json. Every process must call it."""
+        import torch.distributed.checkpoint as dcp
+
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         folder.mkdir(parents=True, exist_ok=True)
         self.save_model(folder)
+        dcp.save(self._training_state(), checkpoint_id=str(folder / TRAINING_STATE),
+                 no_dist=not torch.distributed.is_initialized())
         if self.accelerator.is_main_process:
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
             torch.save({"kl_ctl": self.kl_ctl.state_dict()}, folder / PPO_STATE)
             self.state.save_to_json(str(folder / "trainer_state.json"))
@@ -509,20 +604,31 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             rotate_checkpoints(self.args.output_dir, self.args.save_total_limit)
 
+    def _training_state(self) -> dict:
+        """What resuming needs of the model and optimizer, as torch.distributed.checkpoint state dicts (sharded
+        under FSDP2): the trainable weights only (a LoRA run does not copy its frozen bases) and AdamW's states."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # under accelerate's wrapper
+        weights, optimizer_state = get_state_dict(self.model, optimizer)
+        trainable = {name for name, p in self.accelerator.unwrap_model(self.model).named_parameters() if p.requires_grad}
+        return {"model": {k: v for k, v in weights.items() if k in trainable}, "optimizer": optimizer_state}
+
     def _rng_file(self) -> str:  # named as transformers.Trainer names it
         return "rng_state.pth" if self.accelerator.num_processes == 1 else f"rng_state_{self.accelerator.process_index}.pth"
 
     def load_checkpoint(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        if self.is_peft:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-            set_peft_model_state_dict(self.policy, load_file(str(folder / "adapter_model.safetensors")))
-        else:
-            load_weights(self.policy, folder / "model.safetensors")
-        load_weights(self.value_model, folder / VALUE_DIR / "model.safetensors")
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu"))  # moved to the params
+        folder = Path(folder)
+        if not (folder / TRAINING_STATE).is_dir():
+            raise ValueError(f"{folder} has no {TRAINING_STATE}/ (weights and optimizer states to resume from); it was "
+                             f"not written by this version of align's PPOTrainer")
+        state = self._training_state()  # the structure to load into, sharded as this run is
+        dcp.load(state, checkpoint_id=str(folder / TRAINING_STATE), no_dist=not torch.distributed.is_initialized())
+        set_state_dict(self.model, getattr(self.optimizer, "optimizer", self.optimizer), model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
         saved = torch.load(folder / PPO_STATE, weights_only=False)
         self.kl_ctl.load_state_dict(saved["kl_ctl"])

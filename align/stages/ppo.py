@@ -10,6 +10,7 @@ from __future__ import annotations
 from align.chat_templates import prepare_chat_template
 from align.errors import AlignError
 from align.models import is_quantized, load_sequence_classifier
+from align.ppo.sharding import requested_sharding
 from align.stages.grpo import reward_functions
 from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
 
@@ -24,6 +25,8 @@ KEYS = {
     "dataset": "prompt-only data (prompt column, standard or conversational)",
     "eval_dataset": "fixed prompts for the periodic evaluation (default: the first args.eval_prompts of dataset)",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
+    "value_lora": "LoraConfig fields or true (the lora defaults): the critic as a LoRA adapter plus a trainable "
+                  "value head; on the reward model's own weights, which then serve both (default: a full critic)",
     "quantization": "4bit or 8bit: QLoRA policy (base in 4/8 bit, LoRA trained; reference = adapter disabled); "
                     "needs lora; the value model stays full precision and fully trained",
     "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
@@ -41,6 +44,10 @@ def config_class():
 def run(ctx) -> dict:
     from align.ppo import PPOTrainer
 
+    try:  # before any model is loaded: DeepSpeed and FSDP1 are refused with the setting named
+        requested_sharding()
+    except ValueError as e:
+        raise AlignError(f"stages.{ctx.name}: {e}") from None
     if "reward" not in ctx.spec and "rewards" not in ctx.spec:
         raise AlignError(f"stages.{ctx.name}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names].")
     model, tokenizer = load_for_training(ctx, "policy")
@@ -60,7 +67,9 @@ def run(ctx) -> dict:
                          reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
                          processing_class=tokenizer, reward_processing_class=reward_tokenizer, chat=chat,
                          args=args, train_dataset=train, eval_dataset=evals,
-                         peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
+                         peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")),
+                         value_peft_config=lora_config(ctx.spec["value_lora"], ctx.where("value_lora"), task_type="SEQ_CLS")
+                         if ctx.spec.get("value_lora") else None)
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     history = trainer.state.log_history
     train_logs = [h for h in history if "objective/scores" in h]
@@ -73,8 +82,8 @@ def run(ctx) -> dict:
         "eval_score_last": eval_logs[-1]["eval/score"] if eval_logs else None,
         "eval_kl_last": eval_logs[-1]["eval/kl"] if eval_logs else None,
     }
+    trainer.save_model(str(ctx.out_dir))  # on every process: sharded weights are gathered first
     if ctx.is_main_process:
-        trainer.save_model(str(ctx.out_dir))
         tokenizer.save_pretrained(ctx.out_dir)
         trainer.save_state()
     return metrics

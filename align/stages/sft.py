@@ -43,16 +43,18 @@ def config_class():
     return SFTConfig
 
 
-def lora_config(spec, where: str):
-    """A peft LoraConfig from the recipe's ``lora:`` (None for full fine-tuning)."""
+def lora_config(spec, where: str, task_type: str = "CAUSAL_LM"):
+    """A peft LoraConfig from the recipe's ``lora:`` (None for full fine-tuning); ``true`` takes the defaults."""
     from peft import LoraConfig
 
     if spec is False:
         return None
+    if spec is True:
+        spec = {}
     if spec is not None and not isinstance(spec, dict):
         raise AlignError(f"{where}: expected LoraConfig fields (r, lora_alpha, target_modules, ...) or false, got {spec!r}.")
     try:
-        return LoraConfig(task_type="CAUSAL_LM", **{**DEFAULT_LORA, **(spec or {})})
+        return LoraConfig(task_type=task_type, **{**DEFAULT_LORA, **(spec or {})})
     except (TypeError, ValueError) as e:
         raise AlignError(f"{where}: LoraConfig rejected the fields: {e}") from None
 

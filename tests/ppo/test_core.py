@@ -192,6 +192,33 @@ def test_value_loss_clipping():
     assert clipfrac.item() == pytest.approx(1 / 3)
 
 
+def test_aggregate_token_and_sequence_by_hand():
+    x = T([1.0, 3.0, 100.0], [5.0, 100.0, 100.0])
+    m = T([1.0, 1.0, 0.0], [1.0, 0.0, 0.0])
+    # token: (1 + 3 + 5) / 3 real tokens = 3; sequence: mean(1, 3) = 2 and 5 -> (2 + 5) / 2 = 3.5
+    assert core.aggregate(x, m, "token").item() == pytest.approx(3.0)
+    assert core.aggregate(x, m, "sequence").item() == pytest.approx(3.5)
+    # with the minibatch's N given, each half is its share and the shares add up to the whole
+    top, bottom = (x[:1], m[:1]), (x[1:], m[1:])
+    assert (core.aggregate(*top, "token", total=3) + core.aggregate(*bottom, "token", total=3)).item() == pytest.approx(3.0)
+    assert core.aggregate(*top, "token", total=3).item() == pytest.approx(4 / 3)  # (1 + 3) / 3, not (1 + 3) / 2
+    assert (core.aggregate(*top, "sequence", total=2) + core.aggregate(*bottom, "sequence", total=2)).item() == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="token or sequence"):
+        core.aggregate(x, m, "batch")
+
+
+def test_policy_and_value_loss_follow_the_aggregation():
+    # ratio 1 everywhere, so the policy loss is -A per token: tokens -2, -4 (row 0) and -6 (row 1)
+    zeros, adv, mask = torch.zeros(2, 2), T([2.0, 4.0], [6.0, 99.0]), T([1.0, 1.0], [1.0, 0.0])
+    assert core.policy_loss(zeros, zeros, adv, mask, 0.2, "token")[0].item() == pytest.approx(-(2 + 4 + 6) / 3)
+    assert core.policy_loss(zeros, zeros, adv, mask, 0.2, "sequence")[0].item() == pytest.approx(-(3 + 6) / 2)
+    # value loss ½(V - R)²: errors 1, 3 (row 0) and 2 (row 1); V_old = V so clipping is idle
+    values, returns = T([0.0, 0.0], [0.0, 0.0]), T([1.0, 3.0], [2.0, 50.0])
+    assert core.value_loss(values, values, returns, mask, 0.2, "token")[0].item() == pytest.approx(0.5 * (1 + 9 + 4) / 3)
+    assert core.value_loss(values, values, returns, mask, 0.2, "sequence")[0].item() == pytest.approx(0.5 * (5 + 4) / 2)
+    assert core.value_loss(values, values, returns, mask, 0.2, "token", total=7)[0].item() == pytest.approx(0.5 * 14 / 7)
+
+
 # ----------------------------------------------------------------------------- KL controllers
 
 

@@ -228,7 +228,7 @@ def test_killed_run_resumes_without_repeating_or_skipping(tmp_path, tiny_model_d
     with pytest.raises(Killed):
         cut.train()
     checkpoint = tmp_path / "cut" / "checkpoint-3"  # the last one written before the kill
-    assert {p.name for p in checkpoint.iterdir()} >= {"model.safetensors", "value_model", "optimizer.pt", "scheduler.pt",
+    assert {p.name for p in checkpoint.iterdir()} >= {"model.safetensors", "value_model", "training_state", "scheduler.pt",
                                                       "ppo_state.pt", "rng_state.pth", "trainer_state.json"}
     resumed = make(tmp_path / "cut", tiny_model_dir, tiny_tokenizer, **settings)
     resumed.train(resume_from_checkpoint=True)
@@ -334,3 +334,91 @@ def test_weight_decay_skips_biases_and_norms_as_trainer_does(tmp_path, tiny_mode
     kept = [names[id(p)] for g in t.optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]]
     assert decayed and kept and all("norm" in n for n in kept) and not any("norm" in n for n in decayed)
     assert len(decayed) + len(kept) == sum(p.requires_grad for p in t.accelerator.unwrap_model(t.model).parameters())
+
+
+# ----------------------------------------------------------------------------- loss aggregation, clipping, LoRA critic
+
+
+def weights_after_one_iteration(tmp_path, model_dir, tokenizer, **overrides):
+    t = make(tmp_path, model_dir, tokenizer, max_steps=1, eval_steps=None, rollout_batch_size=8, ppo_epochs=1,
+             num_mini_batches=1, **overrides)
+    t.train()
+    return [p.detach().clone() for p in t.accelerator.unwrap_model(t.model).parameters()]
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence"])
+def test_the_update_does_not_depend_on_the_micro_batch_size(tmp_path, tiny_model_dir, tiny_tokenizer, aggregation):
+    # one minibatch of 8 responses, in one micro-batch of 8 or four of 2: the same objective, the same step
+    whole = weights_after_one_iteration(tmp_path / "a", tiny_model_dir, tiny_tokenizer, loss_aggregation=aggregation,
+                                        per_device_train_batch_size=8)
+    split = weights_after_one_iteration(tmp_path / "b", tiny_model_dir, tiny_tokenizer, loss_aggregation=aggregation,
+                                        per_device_train_batch_size=2)
+    start = [p.detach() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(whole, start))  # it did train
+    for a, b in zip(whole, split):
+        assert torch.allclose(a, b, atol=2e-6)
+
+
+def test_policy_and_critic_gradients_are_clipped_apart(tmp_path, tiny_model_dir, tiny_tokenizer):
+    t = make(tmp_path, tiny_model_dir, tiny_tokenizer, max_steps=1, eval_steps=None, rollout_batch_size=8, ppo_epochs=1,
+             num_mini_batches=1, max_grad_norm=1e-3, value_max_grad_norm=1e6)
+    norms, step = [], t.optimizer.step
+
+    def recording_step(*args, **kwargs):  # the gradients the optimizer is about to apply
+        grads = lambda module: torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])  # noqa: E731
+        norms.append((grads(t.policy).norm().item(), grads(t.value_model).norm().item()))
+        return step(*args, **kwargs)
+
+    t.optimizer.step = recording_step
+    t.train()
+    (policy_norm, value_norm), = norms
+    logged = train_logs(t)[0]
+    assert logged["policy/grad_norm"] > 1e-3 and policy_norm == pytest.approx(1e-3, rel=1e-3)  # clipped to its limit
+    # the critic kept its whole gradient: a joint norm would have scaled it by 1e-3 / (joint norm) too
+    assert value_norm == pytest.approx(logged["val/grad_norm"], rel=1e-4) and value_norm > 1e-2
+
+
+def test_lora_critic_lives_on_the_reward_models_weights(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from peft import LoraConfig
+
+    from align.eval.judges import RewardModelJudge
+
+    rm_dir = tmp_path / "rm"  # the head is new: save it once so that every load is the same reward model
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(rm_dir)
+
+    def reward_model():
+        model = AutoModelForSequenceClassification.from_pretrained(rm_dir)
+        model.config.pad_token_id = tiny_tokenizer.pad_token_id
+        return model
+
+    def trainer(out, **overrides):
+        rm = reward_model()
+        args = PPOConfig(output_dir=str(out), max_steps=2, rollout_batch_size=8, max_new_tokens=8, learning_rate=3e-3,
+                         eval_steps=None, save_steps=1, use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
+                         **overrides)
+        return rm, PPOTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), reward_model=rm,
+                              processing_class=tiny_tokenizer, args=args, train_dataset=PROMPTS,
+                              peft_config=LoraConfig(r=4, target_modules="all-linear"),
+                              value_peft_config=LoraConfig(r=4, target_modules="all-linear"))
+
+    rm, t = trainer(tmp_path / "full")
+    assert t.value_model.get_base_model() is rm  # one copy of the reward model's weights serves judge and critic
+    trainable = [n for n, p in t.value_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "score.modules_to_save" in n for n in trainable)
+    texts = ["the cat", "a dog", ""]
+    untouched = RewardModelJudge(reward_model(), tiny_tokenizer).score(PROMPTS["prompt"][:3], texts)
+    assert t.score(PROMPTS["prompt"][:3], texts).tolist() == pytest.approx(untouched, abs=1e-6)
+    lora_before = {n: p.detach().clone() for n, p in t.value_model.named_parameters() if p.requires_grad}
+    t.train()
+    # the judge still scores as the untouched reward model (adapter disabled); the critic's adapter and head trained
+    assert t.score(PROMPTS["prompt"][:3], texts).tolist() == pytest.approx(untouched, abs=1e-6)
+    after = dict(t.value_model.named_parameters())
+    assert any(not torch.equal(after[n], v) for n, v in lora_before.items())
+    t.save_model(tmp_path / "out")
+    assert (tmp_path / "out" / "value_model" / "adapter_config.json").exists()
+
+    # resuming restores the adapters and AdamW states (only trainable weights are checkpointed)
+    _, again = trainer(tmp_path / "full")
+    again.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-1"))
+    for name, value in again.value_model.named_parameters():
+        assert torch.allclose(value, after[name], atol=1e-6), name
