@@ -56,7 +56,8 @@ SCRIPT = textwrap.dedent('''
     t.accelerator.wait_for_everyone()
     torch.distributed.destroy_process_group()
 ''')
-FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}
+FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
+             "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}  # as recipes/accelerate/fsdp2.yaml exports them
 
 
 def launch(tmp_path, model_dir, out, mode, steps, sharded=True):
