@@ -2,6 +2,9 @@
 
     python examples/ppo_custom_reward.py --max-steps 30
     python examples/ppo_custom_reward.py --model runs/quickstart/sft --letters xyz --max-steps 50
+    # the same, policy and critic sharded by FSDP2 over two processes (GPUs, or gloo ranks on a CPU)
+    accelerate launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 2 \
+        examples/ppo_custom_reward.py --max-steps 30 --output-dir runs/ppo_fsdp2
 
 The reward is a toy a random model can climb: the share of the response's characters that are
 among --letters (default: vowels). Without --model the script builds a micro Llama and a

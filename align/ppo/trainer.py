@@ -252,6 +252,10 @@ class PPOTrainer:
         if self.sharded:  # before the optimizer exists: it must hold the sharded parameters
             self.reshard_after_forward = shard_options["reshard_after_forward"]
             sharding.shard(self.model, [model, value_model], device, **shard_options)
+            if self.accelerator.is_main_process:
+                logging.getLogger("align").info(
+                    f"PPO: policy and value model sharded with FSDP2 over {world} processes "
+                    f"(reshard_after_forward={shard_options['reshard_after_forward']}); rollouts gather them")
             with torch.no_grad():  # FSDP2 must see the root's forward before a submodule's (generate calls the policy)
                 self.model(torch.full((1, 2), tok.pad_token_id, device=device), torch.ones(1, 2, device=device), 1)
         groups = [*param_groups(model, args.weight_decay),
