@@ -345,12 +345,13 @@ class PPOTrainer:
             self._gathered = False
 
     @torch.no_grad()
-    def rollout(self, prompt_ids: list[list[int]]) -> dict:
-        """Sample responses to left-padded prompts; score their log-probs, reference log-probs and values."""
+    def rollout(self, prompt_ids: list[list[int]], values: bool = True) -> dict:
+        """Sample responses to left-padded prompts; score their log-probs, reference log-probs and (unless
+        ``values`` is False, as evaluation needs none) the critic's values and the entropies."""
         with self.full_weights():
-            return self._rollout(prompt_ids)
+            return self._rollout(prompt_ids, values)
 
-    def _rollout(self, prompt_ids: list[list[int]]) -> dict:
+    def _rollout(self, prompt_ids: list[list[int]], with_values: bool) -> dict:
         args, tok, device = self.args, self.tokenizer, self.accelerator.device
         width = max(map(len, prompt_ids))
         ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompt_ids], device=device)
@@ -363,10 +364,17 @@ class PPOTrainer:
         batch = {"input_ids": torch.cat([ids, responses], 1), "attention_mask": torch.cat([prompt_mask, mask], 1),
                  "responses": responses, "mask": mask.float()}
         n, parts = responses.size(1), {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
-        for i in range(0, len(prompt_ids), args.micro_batch_size):
-            ids_i, att_i, resp_i = (batch[k][i:i + args.micro_batch_size] for k in ("input_ids", "attention_mask", "responses"))
+        if not with_values:
+            del parts["values"], parts["entropy"]
+        chunk = args.micro_batch_size
+        for i in range(0, len(prompt_ids), chunk):
+            ids_i, att_i, resp_i = (batch[k][i:i + chunk] for k in ("input_ids", "attention_mask", "responses"))
             with self.accelerator.autocast():
-                logits, values = self.accelerator.unwrap_model(self.model)(ids_i, att_i, n)
+                if with_values:
+                    logits, values = self.accelerator.unwrap_model(self.model)(ids_i, att_i, n)
+                else:
+                    logits = policy(input_ids=ids_i, attention_mask=att_i, position_ids=core.position_ids(att_i),
+                                    use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
                 logits = logits.float() / args.temperature
                 ref_model = policy if self.ref_model is None else self.ref_model
                 with policy.disable_adapter() if self.ref_model is None else contextlib.nullcontext():
@@ -374,8 +382,9 @@ class PPOTrainer:
                                     use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
             parts["logprobs"].append(core.logprobs_from_logits(logits, resp_i))
             parts["ref_logprobs"].append(core.logprobs_from_logits(ref.float() / args.temperature, resp_i))
-            parts["values"].append(values)
-            parts["entropy"].append(core.entropy_from_logits(logits))
+            if with_values:
+                parts["values"].append(values)
+                parts["entropy"].append(core.entropy_from_logits(logits))
         for key, chunks in parts.items():
             batch[key] = torch.cat(chunks) * batch["mask"]
         return batch
@@ -502,7 +511,7 @@ class PPOTrainer:
             torch.manual_seed(self.args.seed + EVAL_SEED + self.accelerator.process_index)
             for i in range(0, len(self.eval_ids), self.args.rollout_batch_size):
                 chunk = slice(i, i + self.args.rollout_batch_size)
-                batch = self.rollout(self.eval_ids[chunk])
+                batch = self.rollout(self.eval_ids[chunk], values=False)
                 scores = self.score(self.eval_rows[chunk], self.tokenizer.batch_decode(batch["responses"], skip_special_tokens=True))
                 kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["mask"]).sum(1)
                 totals += torch.stack([scores.sum(), kl.sum(), torch.tensor(float(len(kl)), device=kl.device)])
