@@ -595,16 +595,19 @@ class PPOTrainer:
 
     def save_checkpoint(self) -> None:
         """``checkpoint-N/``: policy + tokenizer and value_model/ (as ``save_model``); training_state/ (the trainable
-        weights and AdamW states, each process writing its own shard: torch.distributed.checkpoint, which reloads
-        on any number of processes); scheduler.pt, ppo_state.pt (KL controller), rng_state[_rank].pth (RNGs and
+        weights and AdamW states through torch.distributed.checkpoint: each process writes its own shard when sharded,
+        the main process alone when replicated; either reloads on any number of processes); scheduler.pt, ppo_state.pt (KL controller), rng_state[_rank].pth (RNGs and
         prompts seen, per process) and trainer_state.json. Every process must call it."""
         import torch.distributed.checkpoint as dcp
 
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         folder.mkdir(parents=True, exist_ok=True)
         self.save_model(folder)
-        dcp.save(self._training_state(), checkpoint_id=str(folder / TRAINING_STATE),
-                 no_dist=not torch.distributed.is_initialized())
+        state = self._training_state()
+        if self.sharded:  # every process writes its shard
+            dcp.save(state, checkpoint_id=str(folder / TRAINING_STATE))
+        elif self.accelerator.is_main_process:  # replicated (one process or DDP): one copy is the whole state
+            dcp.save(state, checkpoint_id=str(folder / TRAINING_STATE), no_dist=True)
         if self.accelerator.is_main_process:
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
             torch.save({"kl_ctl": self.kl_ctl.state_dict()}, folder / PPO_STATE)
@@ -639,7 +642,7 @@ class PPOTrainer:
             raise ValueError(f"{folder} has no {TRAINING_STATE}/ (weights and optimizer states to resume from); it was "
                              f"not written by this version of align's PPOTrainer")
         state = self._training_state()  # the structure to load into, sharded as this run is
-        dcp.load(state, checkpoint_id=str(folder / TRAINING_STATE), no_dist=not torch.distributed.is_initialized())
+        dcp.load(state, checkpoint_id=str(folder / TRAINING_STATE), no_dist=not self.sharded)
         set_state_dict(self.model, getattr(self.optimizer, "optimizer", self.optimizer), model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))

@@ -44,8 +44,8 @@ SCRIPT = textwrap.dedent('''
         controller.append(kl)
         return update(kl, n)
 
-    def recording_rollout(prompt_ids):
-        batch = rollout(prompt_ids)
+    def recording_rollout(prompt_ids, **kwargs):
+        batch = rollout(prompt_ids, **kwargs)
         if in_iteration[0]:
             local.append(((batch["logprobs"] - batch["ref_logprobs"]) * batch["mask"]).sum(1).mean().item())
         return batch
