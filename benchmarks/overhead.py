@@ -1,12 +1,14 @@
 """What align's stages cost over the bare library call they wrap, and PPO against TRL's GRPO and RLOO.
 
-    python benchmarks/overhead.py [--repeats 3] [--rows 256]
+    python benchmarks/overhead.py [--repeats 3] [--rows 256] [--stages sft reward dpo pretrain] [--no-rl]
 
-For sft, reward and dpo: the align stage (``run_recipe`` with a one-stage recipe) and the bare TRL call written
-out by hand (load model and tokenizer, ``datasets.load_dataset("json")``, the config with the values align's
-stage would choose, the trainer, ``train``, ``save_model``) on the identical model, data, config and seed,
-interleaved, ``--repeats`` times each. Prints the median wall time of each, their ratio (target <= 1.05) and
-both final training losses (equal when the two did the same computation).
+For sft, reward, dpo and pretrain: the align stage (``run_recipe`` with a one-stage recipe) and the bare
+library call written out by hand (load model and tokenizer, ``datasets.load_dataset("json")``, the config with
+the values align's stage would choose, the trainer, ``train``, ``save_model``; for pretrain, transformers'
+``Trainer`` on a from-scratch llama-tiny, with the text packed into 128-token blocks by a ``map`` and a final
+``evaluate`` on held-out text) on the identical model, data, config and seed, interleaved, ``--repeats`` times
+each. Prints the median wall time of each, their ratio (target <= 1.05) and both final training losses (equal
+when the two did the same computation).
 
 For PPO: seconds per PPO iteration (``align.ppo.PPOTrainer``, 16 prompts -> 16 completions) against seconds per
 step of TRL's GRPO and RLOO at the same number of completions (4 prompts x 4 generations) and completion length,
@@ -34,10 +36,13 @@ STAGE_ARGS = {  # what align's stage defaults are for these stages (see align/st
     "sft": dict(learning_rate=1e-3, max_length=512, assistant_only_loss=True),
     "reward": dict(learning_rate=1e-3, max_length=256, per_device_eval_batch_size=32, eval_strategy="epoch"),
     "dpo": dict(beta=0.1, learning_rate=5e-4, max_length=256),
+    "pretrain": dict(learning_rate=3e-3, weight_decay=0.1, adam_beta2=0.95, max_grad_norm=1.0,
+                     per_device_eval_batch_size=32, eval_strategy="steps", eval_steps=100),
 }
+PRETRAIN_DOCS, HELDOUT_DOCS, BLOCK = 1800, 200, 128  # ~75k tokens of the builtin corpus: one epoch of ~37 steps
 
 
-def setup(root: Path, rows: int) -> tuple[Path, Path, Path]:
+def setup(root: Path, rows: int) -> tuple[Path, Path, Path, tuple[Path, Path]]:
     """A llama-tiny with align's tokenizer (random init is enough to time a step), and the data as JSON lines."""
     from align.data import load_dataset
     from align.models import build_model
@@ -57,19 +62,27 @@ def setup(root: Path, rows: int) -> tuple[Path, Path, Path]:
             m = chat[i]["messages"]
             f.write(json.dumps({"prompt": m[:-1], "chosen": m[-1:],
                                 "rejected": [{"role": "assistant", "content": chat[i + 1]["messages"][-1]["content"]}]}) + "\n")
-    return base, root / "chat.jsonl", root / "pairs.jsonl"
+    text = (root / "text.jsonl", root / "heldout.jsonl")
+    for path, docs in zip(text, (corpus[:PRETRAIN_DOCS], corpus[PRETRAIN_DOCS:PRETRAIN_DOCS + HELDOUT_DOCS])):
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    return base, root / "chat.jsonl", root / "pairs.jsonl", text
 
 
 def with_align(kind: str, base: Path, data: Path, out: Path) -> float:
     from align.recipe import build_recipe
     from align.runner import run_recipe
 
+    datasets = {"data": {"path": str(data)}}
     spec = {"kind": kind, "model": str(base), "dataset": "data", "args": {}}
+    if kind == "pretrain":  # from scratch: the same llama-tiny config the base folder holds, align's tokenizer
+        datasets = {"data": {"path": str(data[0])}, "heldout": {"path": str(data[1])}}
+        spec = {"kind": kind, "tokenizer": str(base), "model": {"preset": "llama-tiny"}, "dataset": "data",
+                "eval_dataset": "heldout", "block_size": BLOCK, "args": {}}
     if kind == "sft":
         spec["merge"] = False  # the bare call does not merge either
     if kind == "reward":
         spec["eval_fraction"] = 0.1
-    recipe = build_recipe({"name": "overhead", "seed": 0, "output_dir": str(out), "datasets": {"data": {"path": str(data)}},
+    recipe = build_recipe({"name": "overhead", "seed": 0, "output_dir": str(out), "datasets": datasets,
                            "stages": {kind: spec}})
     metrics = run_recipe(recipe, echo=lambda *_: None)[kind]
     return metrics["train_loss"]
@@ -83,8 +96,10 @@ def bare(kind: str, base: Path, data: Path, out: Path) -> float:
 
     set_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    ds = datasets.load_dataset("json", data_files=str(data), split="train")
     args = dict(COMMON, output_dir=str(out), **STAGE_ARGS[kind])
+    if kind == "pretrain":
+        return bare_pretrain(base, tokenizer, data, args)
+    ds = datasets.load_dataset("json", data_files=str(data), split="train")
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -115,15 +130,43 @@ def bare(kind: str, base: Path, data: Path, out: Path) -> float:
     return result.training_loss
 
 
+def bare_pretrain(base: Path, tokenizer, data: tuple[Path, Path], args: dict) -> float:
+    """transformers' Trainer on a from-scratch Llama: BOS + text + EOS per document, concatenated, cut into blocks."""
+    import datasets
+    import torch
+    from transformers import AutoConfig, DataCollatorForLanguageModeling, LlamaForCausalLM, Trainer, TrainingArguments
+
+    def blocks(batch):
+        stream = []
+        for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
+            stream += [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
+        return {"input_ids": [stream[i:i + BLOCK] for i in range(0, len(stream) // BLOCK * BLOCK, BLOCK)]}
+
+    train, heldout = (datasets.load_dataset("json", data_files=str(path), split="train") for path in data)
+    train, heldout = (ds.map(blocks, batched=True, batch_size=2000, remove_columns=ds.column_names) for ds in (train, heldout))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(AutoConfig.from_pretrained(base))  # llama-tiny, as align.models.build_model makes it
+    trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=train, eval_dataset=heldout,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), processing_class=tokenizer)
+    result = trainer.train()
+    trainer.evaluate()
+    trainer.save_model(args["output_dir"])
+    trainer.save_state()
+    tokenizer.save_pretrained(args["output_dir"])
+    return result.training_loss
+
+
 def timed(fn, *args) -> tuple[float, float]:
     start = time.perf_counter()
     loss = fn(*args)
     return time.perf_counter() - start, loss
 
 
-def ledger(root: Path, base: Path, chat: Path, pairs: Path, repeats: int) -> list[dict]:
+def ledger(root: Path, base: Path, chat: Path, pairs: Path, text: tuple[Path, Path], repeats: int,
+           stages=("sft", "reward", "dpo", "pretrain")) -> list[dict]:
     rows = []
-    for kind, data in (("sft", chat), ("reward", pairs), ("dpo", pairs)):
+    data_for = {"sft": chat, "reward": pairs, "dpo": pairs, "pretrain": text}
+    for kind, data in ((k, data_for[k]) for k in stages):
         runs = {"align": [], "bare": []}
         for fn in (with_align, bare):  # warm-up: imports and first-call costs are not what is measured
             fn(kind, base, data, root / f"{kind}_warmup_{fn.__name__}")
@@ -192,19 +235,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--stages", nargs="+", default=["sft", "reward", "dpo", "pretrain"],
+                        choices=["sft", "reward", "dpo", "pretrain"])
+    parser.add_argument("--no-rl", action="store_true", help="skip the PPO vs GRPO/RLOO steps")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        base, chat, pairs = setup(root, args.rows)
-        rows = ledger(root, base, chat, pairs, args.repeats)
-        rl = rl_steps(root, base)
-    print(f"\n| stage | align (s) | bare TRL (s) | ratio | final loss align / bare |\n|---|---|---|---|---|")
+        base, chat, pairs, text = setup(root, args.rows)
+        rows = ledger(root, base, chat, pairs, text, args.repeats, args.stages)
+        rl = None if args.no_rl else rl_steps(root, base)
+    print(f"\n| stage | align (s) | bare library call (s) | ratio | final loss align / bare |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['stage']} | {r['align_s']:.2f} | {r['bare_s']:.2f} | {r['ratio']:.3f} | "
               f"{r['align_loss']:.4f} / {r['bare_loss']:.4f} |")
+    if rl is None:
+        return
     print(f"\n| per step, 16 completions of <= 32 tokens | seconds | vs GRPO |\n|---|---|---|")
     for name in ("ppo", "grpo", "rloo"):
         print(f"| {name} | {rl[f'{name}_s']:.2f} | {rl[f'{name}_s'] / rl['grpo_s']:.2f}x |")

@@ -1,14 +1,17 @@
 """pretrain stage: a Llama-style causal LM from random init on packed blocks of text.
 
 Documents are tokenised, joined with EOS and cut into fixed blocks (no padding, every token
-trains); the last ``eval_fraction`` of the blocks is held out, by position, as nanoGPT does.
-Reports held-out loss, perplexity and bits per byte, which compares models across tokenizers.
+trains). Without an ``eval_dataset``, the last ``eval_fraction`` of the text (by character position,
+as nanoGPT splits its text) is held out before tokenisation, so a tokenizer stage given the same
+``eval_fraction`` on the same dataset never sees it either (see ``holdout_split``). Reports held-out
+loss, perplexity and bits per byte, which compares models across tokenizers.
 """
 
 from __future__ import annotations
 
 import math
 
+from align.errors import AlignError
 from align.models import build_model, count_parameters, load_causal_lm, load_tokenizer
 
 REQUIRED = ("tokenizer", "dataset")
@@ -18,9 +21,10 @@ KEYS = {
     "tokenizer": "${stages.tokenizer}, a tokenizer folder or a hub id",
     "model": "{preset: llama-tiny} plus any LlamaConfig field, or an existing model to continue pretraining",
     "dataset": "text to train on (language-modelling format: a text column)",
-    "eval_dataset": "held-out text (default: the last eval_fraction of the dataset's blocks)",
+    "eval_dataset": "held-out text (default: the last eval_fraction of the dataset's text)",
     "block_size": "tokens per training sequence (default 256)",
-    "eval_fraction": "share of blocks held out when no eval_dataset is given (default 0.05)",
+    "eval_fraction": "share of the text, at its end, held out when no eval_dataset is given (default 0.05); "
+                     "give the tokenizer stage the same eval_fraction so that it never sees the held-out text",
 }
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
 
@@ -51,6 +55,28 @@ def pack(ds, tokenizer, block_size: int):
                   desc="packing")
 
 
+def holdout_split(texts, fraction: float, *, where: str = "eval_fraction") -> tuple[list[str], list[str]]:
+    """``texts`` cut at ``1 - fraction`` of their characters, counted across the documents in order:
+    (the text before the cut, the text after it). The document the cut falls in is cut in two, so
+    one document (a novel, tiny Shakespeare) splits as nanoGPT splits it: ``text[:int(n * 0.9)]``.
+    The tokenizer and pretrain stages both cut here, so they agree on what is held out."""
+    if not 0 <= fraction < 1:
+        raise AlignError(f"{where}: expected a share of the text in [0, 1), got {fraction!r}.")
+    texts = list(texts)
+    cut = int(sum(map(len, texts)) * (1 - fraction))
+    head, tail, seen = [], [], 0
+    for text in texts:
+        if seen + len(text) <= cut:
+            head.append(text)
+        elif seen >= cut:
+            tail.append(text)
+        else:
+            head.append(text[:cut - seen])
+            tail.append(text[cut - seen:])
+        seen += len(text)
+    return head, tail
+
+
 def bytes_in_blocks(blocks, tokenizer) -> int:
     """UTF-8 bytes of the tokens the model predicts (all but the first of each block)."""
     special = set(tokenizer.all_special_ids)
@@ -59,17 +85,22 @@ def bytes_in_blocks(blocks, tokenizer) -> int:
 
 
 def run(ctx) -> dict:
+    from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer
 
     tokenizer = load_tokenizer(ctx.spec["tokenizer"], field=ctx.where("tokenizer"))
     block_size = int(ctx.spec.get("block_size", 256))
-    train_blocks = pack(ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer), tokenizer, block_size)
+    train_ds = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
     if "eval_dataset" in ctx.spec:
-        eval_blocks = pack(ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer), tokenizer, block_size)
+        eval_ds = ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer)
     else:
-        n_eval = max(1, int(len(train_blocks) * float(ctx.spec.get("eval_fraction", 0.05))))
-        eval_blocks = train_blocks.select(range(len(train_blocks) - n_eval, len(train_blocks)))
-        train_blocks = train_blocks.select(range(len(train_blocks) - n_eval))
+        head, tail = holdout_split(train_ds["text"], float(ctx.spec.get("eval_fraction", 0.05)),
+                                   where=ctx.where("eval_fraction"))
+        train_ds, eval_ds = Dataset.from_dict({"text": head}), Dataset.from_dict({"text": tail})
+    train_blocks, eval_blocks = pack(train_ds, tokenizer, block_size), pack(eval_ds, tokenizer, block_size)
+    if len(eval_blocks) == 0:
+        raise AlignError(f"{ctx.where('eval_fraction')}: the held-out text is shorter than one block of {block_size} "
+                         f"tokens; hold out more text or lower block_size.")
     model_spec = ctx.spec.get("model") or {"preset": "llama-tiny"}
     if isinstance(model_spec, str):
         model = load_causal_lm(model_spec, field=ctx.where("model"))
@@ -100,7 +131,9 @@ def run(ctx) -> dict:
         "eval_loss": eval_loss,
         "perplexity": math.exp(eval_loss),
         "bits_per_byte": eval_loss * predicted_tokens / (math.log(2) * bytes_in_blocks(eval_blocks, tokenizer)),
+        "steps": trainer.state.global_step,
         "tokens_seen": tokens_seen,
+        "train_tokens": len(train_blocks) * block_size,
         "tokens_per_parameter": tokens_seen / n_params,
         "chinchilla_tokens_per_parameter": CHINCHILLA_TOKENS_PER_PARAMETER,
         "world_size": world,

@@ -1,6 +1,9 @@
 """tokenizer stage: a byte-level BPE trained with `tokenizers`, saved as a PreTrainedTokenizerFast.
 
 Byte-level means no unknown tokens and exact byte round trips, which is what bits-per-byte needs.
+``eval_fraction`` keeps the end of the text out of the merges, cut exactly where the pretrain stage
+cuts its held-out text (``pretrain.holdout_split``), so held-out bits per byte are measured on text
+the tokenizer never saw.
 The chat template wraps each assistant turn in ``{% generation %}`` with its end-of-turn token
 inside, so TRL's ``assistant_only_loss`` trains the model to stop.
 """
@@ -35,7 +38,9 @@ EXPECTED = {"dataset": None}  # any format: the text of a text column or of chat
 KEYS = {"dataset": "the text to learn merges from (a language-modelling dataset)",
         "vocab_size": "number of tokens including the special ones (default 4096)",
         "min_frequency": "least count for a merge (default 2)",
-        "text_column": "column with the text (default: text, or the chat turns of a conversational dataset)"}
+        "text_column": "column with the text (default: text, or the chat turns of a conversational dataset)",
+        "eval_fraction": "share of the text, at its end, not learned from (default 0): the pretrain stage's "
+                         "eval_fraction on the same dataset, so that its held-out text stays unseen"}
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
@@ -81,11 +86,16 @@ def dataset_texts(ds, column: str | None = None) -> Iterable[str]:
 
 
 def run(ctx) -> dict:
+    from align.stages.pretrain import holdout_split
+
     ds = ctx.dataset("dataset")
     vocab_size = int(ctx.spec.get("vocab_size", 4096))
-    tokenizer = train_bpe(dataset_texts(ds, ctx.spec.get("text_column")), vocab_size, int(ctx.spec.get("min_frequency", 2)))
+    texts, heldout = holdout_split(dataset_texts(ds, ctx.spec.get("text_column")), float(ctx.spec.get("eval_fraction", 0)),
+                                   where=ctx.where("eval_fraction"))
+    tokenizer = train_bpe(texts, vocab_size, int(ctx.spec.get("min_frequency", 2)))
     if ctx.is_main_process:
         tokenizer.save_pretrained(ctx.out_dir)
-    sample = next(iter(dataset_texts(ds, ctx.spec.get("text_column"))))[:2000]
+    sample = next((t for t in texts if t), "")[:2000]
     n_tokens = len(tokenizer(sample)["input_ids"])
-    return {"vocab_size": len(tokenizer), "bytes_per_token_sample": round(len(sample.encode()) / max(n_tokens, 1), 3)}
+    return {"vocab_size": len(tokenizer), "bytes_per_token_sample": round(len(sample.encode()) / max(n_tokens, 1), 3),
+            "characters_learned_from": sum(map(len, texts)), "characters_held_out": sum(map(len, heldout))}
