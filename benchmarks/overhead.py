@@ -1,6 +1,6 @@
 """What align's stages cost over the bare library call they wrap, and PPO against TRL's GRPO and RLOO.
 
-    python benchmarks/overhead.py [--repeats 3] [--rows 256] [--stages sft reward dpo pretrain] [--no-rl]
+    python benchmarks/overhead.py [--repeats 3] [--rows 256] [--stages sft reward dpo pretrain | --stages] [--no-rl]
 
 For sft, reward, dpo and pretrain: the align stage (``run_recipe`` with a one-stage recipe) and the bare
 library call written out by hand (load model and tokenizer, ``datasets.load_dataset("json")``, the config with
@@ -235,7 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=256)
-    parser.add_argument("--stages", nargs="+", default=["sft", "reward", "dpo", "pretrain"],
+    parser.add_argument("--stages", nargs="*", default=["sft", "reward", "dpo", "pretrain"],
                         choices=["sft", "reward", "dpo", "pretrain"])
     parser.add_argument("--no-rl", action="store_true", help="skip the PPO vs GRPO/RLOO steps")
     args = parser.parse_args()
@@ -247,15 +247,15 @@ def main() -> None:
         base, chat, pairs, text = setup(root, args.rows)
         rows = ledger(root, base, chat, pairs, text, args.repeats, args.stages)
         rl = None if args.no_rl else rl_steps(root, base)
-    print(f"\n| stage | align (s) | bare library call (s) | ratio | final loss align / bare |\n|---|---|---|---|---|")
+    if rows:
+        print(f"\n| stage | align (s) | bare library call (s) | ratio | final loss align / bare |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['stage']} | {r['align_s']:.2f} | {r['bare_s']:.2f} | {r['ratio']:.3f} | "
               f"{r['align_loss']:.4f} / {r['bare_loss']:.4f} |")
-    if rl is None:
-        return
-    print(f"\n| per step, 16 completions of <= 32 tokens | seconds | vs GRPO |\n|---|---|---|")
-    for name in ("ppo", "grpo", "rloo"):
-        print(f"| {name} | {rl[f'{name}_s']:.2f} | {rl[f'{name}_s'] / rl['grpo_s']:.2f}x |")
+    if rl is not None:
+        print(f"\n| per step, 16 completions of <= 32 tokens | seconds | vs GRPO |\n|---|---|---|")
+        for name in ("ppo", "grpo", "rloo"):
+            print(f"| {name} | {rl[f'{name}_s']:.2f} | {rl[f'{name}_s'] / rl['grpo_s']:.2f}x |")
 
 
 if __name__ == "__main__":

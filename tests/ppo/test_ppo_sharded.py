@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from tests.ppo.workers import CAT_REWARD_AND_KILL
+
 SCRIPT = textwrap.dedent('''
     import hashlib, json, sys
     import datasets, torch
@@ -22,17 +24,7 @@ SCRIPT = textwrap.dedent('''
 
     torch.set_num_threads(1)
     model_dir, out, mode, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    cat = tok.convert_tokens_to_ids("cat")
-
-    def reward(prompts, completions):
-        ids = [tok(c, add_special_tokens=False)["input_ids"] for c in completions]
-        return [sum(i == cat for i in x) / max(len(x), 1) for x in ids]
-
-    class DieAt3(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if mode == "kill" and state.global_step == 3:
-                raise SystemExit(0)
+''') + CAT_REWARD_AND_KILL + textwrap.dedent('''
 
     args = PPOConfig(output_dir=out, max_steps=steps, rollout_batch_size=8, num_mini_batches=2, ppo_epochs=2,
                      per_device_train_batch_size=2, max_new_tokens=8, learning_rate=3e-3, lr_scheduler_type="constant",
