@@ -594,10 +594,11 @@ class PPOTrainer:
             self.state.save_to_json(str(Path(self.args.output_dir) / "trainer_state.json"))
 
     def save_checkpoint(self) -> None:
-        """``checkpoint-N/``: policy + tokenizer and value_model/ (as ``save_model``); training_state/ (the trainable
-        weights and AdamW states through torch.distributed.checkpoint: each process writes its own shard when sharded,
-        the main process alone when replicated; either reloads on any number of processes); scheduler.pt, ppo_state.pt (KL controller), rng_state[_rank].pth (RNGs and
-        prompts seen, per process) and trainer_state.json. Every process must call it."""
+        """``checkpoint-N/``: policy + tokenizer and value_model/ (as ``save_model``); training_state/ (the
+        trainable weights and AdamW states through torch.distributed.checkpoint: each process writes its own shard
+        when sharded, the main process alone when replicated; either reloads on any number of processes);
+        scheduler.pt, ppo_state.pt (KL controller), rng_state[_rank].pth (RNGs and prompts seen, per process) and
+        trainer_state.json. Every process must call it."""
         import torch.distributed.checkpoint as dcp
 
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"

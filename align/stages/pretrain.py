@@ -99,7 +99,8 @@ def run(ctx) -> dict:
         train_ds, eval_ds = Dataset.from_dict({"text": head}), Dataset.from_dict({"text": tail})
     train_blocks, eval_blocks = pack(train_ds, tokenizer, block_size), pack(eval_ds, tokenizer, block_size)
     if len(eval_blocks) == 0:
-        raise AlignError(f"{ctx.where('eval_fraction')}: the held-out text is shorter than one block of {block_size} "
+        field = "eval_dataset" if "eval_dataset" in ctx.spec else "eval_fraction"
+        raise AlignError(f"{ctx.where(field)}: the held-out text is shorter than one block of {block_size} "
                          f"tokens; hold out more text or lower block_size.")
     model_spec = ctx.spec.get("model") or {"preset": "llama-tiny"}
     if isinstance(model_spec, str):

@@ -91,3 +91,20 @@ def test_pretrain_holds_out_the_tail_of_the_text_not_of_the_blocks(tmp_path):
     predicted = len(blocks) * 31
     expected = metrics["eval_loss"] * predicted / (0.6931471805599453 * bytes_in_blocks(blocks, tokenizer))
     assert metrics["bits_per_byte"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_held_out_tail_shorter_than_a_block_is_a_clear_error(tmp_path):
+    from align.recipe import build_recipe
+    from align.runner import run_recipe
+
+    text = text_with_a_held_out_word(tmp_path / "input.txt")
+    recipe = build_recipe({"name": "short", "seed": 0, "output_dir": str(tmp_path / "run"),
+                           "datasets": {"text": {"path": str(text)}},
+                           "stages": {"tokenizer": {"kind": "tokenizer", "dataset": "text", "vocab_size": 320},
+                                      "pretrain": {"kind": "pretrain", "tokenizer": "${stages.tokenizer}",
+                                                   "model": {"preset": "llama-micro"}, "dataset": "text",
+                                                   "block_size": 32, "eval_fraction": 0.0005,
+                                                   "args": {"max_steps": 1}}}})
+    with pytest.raises(AlignError, match=r"stages\.pretrain\.eval_fraction: the held-out text is shorter than one block"):
+        run_recipe(recipe, echo=lambda *_: None)
+    assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").exists()  # the finished stage is kept
