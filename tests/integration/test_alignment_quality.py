@@ -2,7 +2,7 @@
 
 Runs recipes/quickstart.yaml itself (about 5 minutes on 2 CPU cores), so it is left out of the
 default run; `python -m pytest -q -m quality` runs it. The thresholds sit below what seeds 0-2
-gave (benchmarks/README.md): win rates vs SFT of 0.84-0.85 with the interval's lower end >= 0.79.
+gave on 2026-12-02 (README results): win rates vs SFT of 0.83-0.91 with the interval's lower end >= 0.78.
 """
 
 from pathlib import Path
