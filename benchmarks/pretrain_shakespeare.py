@@ -147,10 +147,10 @@ def main() -> None:
     peak = matmul_flops()
     achieved = result["tokens_per_second"] * train_flops_per_token(config, result["block_size"])
     print(json.dumps({
-        "steps": result["steps"] if "steps" in result else None,
+        "steps": result["steps"],
         "train_seconds": round(result["train_runtime_s"], 1), "process_wall_seconds": round(wall, 1),
         "parameters": result["parameters"], "tokens_seen": result["tokens_seen"],
-        "epochs": round(result["tokens_seen"] / result["train_tokens"], 2) if "train_tokens" in result else None,
+        "epochs": round(result["tokens_seen"] / result["train_tokens"], 2),
         "tokens_per_second": round(result["tokens_per_second"]), "achieved_gflops": round(achieved / 1e9, 1),
         "matmul_gflops_best": round(peak["best"] / 1e9, 1), "matmul_gflops_median": round(peak["median"] / 1e9, 1),
         "mfu": round(achieved / peak["best"], 3),

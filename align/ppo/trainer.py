@@ -604,11 +604,8 @@ class PPOTrainer:
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         folder.mkdir(parents=True, exist_ok=True)
         self.save_model(folder)
-        state = self._training_state()
-        if self.sharded:  # every process writes its shard
-            dcp.save(state, checkpoint_id=str(folder / TRAINING_STATE))
-        elif self.accelerator.is_main_process:  # replicated (one process or DDP): one copy is the whole state
-            dcp.save(state, checkpoint_id=str(folder / TRAINING_STATE), no_dist=True)
+        if self.sharded or self.accelerator.is_main_process:  # replicated, one copy is the whole state
+            dcp.save(self._training_state(), checkpoint_id=str(folder / TRAINING_STATE), no_dist=not self.sharded)
         if self.accelerator.is_main_process:
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
             torch.save({"kl_ctl": self.kl_ctl.state_dict()}, folder / PPO_STATE)
