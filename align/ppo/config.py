@@ -96,6 +96,9 @@ class PPOConfig(TrainingArguments):
     # --- evaluation
     eval_prompts: int = knob(32, "Number of fixed prompts (from eval_dataset, else train_dataset) evaluated "
                                  "every eval_steps: mean score and KL, the reward-vs-KL trajectory.")
+    per_device_eval_batch_size: int = knob(32, "Eval prompts sampled per generate call on each process (their "
+                                               "log-prob forwards still go per_device_train_batch_size at a time): "
+                                               "larger batches sample faster, as long as the KV cache fits.")
 
     def __post_init__(self):
         super().__post_init__()

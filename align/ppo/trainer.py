@@ -509,8 +509,8 @@ class PPOTrainer:
         devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self.full_weights():  # one gather, however many batches
             torch.manual_seed(self.args.seed + EVAL_SEED + self.accelerator.process_index)
-            for i in range(0, len(self.eval_ids), self.args.rollout_batch_size):
-                chunk = slice(i, i + self.args.rollout_batch_size)
+            for i in range(0, len(self.eval_ids), self.args.per_device_eval_batch_size):
+                chunk = slice(i, i + self.args.per_device_eval_batch_size)
                 batch = self.rollout(self.eval_ids[chunk], values=False)
                 scores = self.score(self.eval_rows[chunk], self.tokenizer.batch_decode(batch["responses"], skip_special_tokens=True))
                 kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["mask"]).sum(1)

@@ -422,3 +422,13 @@ def test_lora_critic_lives_on_the_reward_models_weights(tmp_path, tiny_model_dir
     again.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-1"))
     for name, value in again.value_model.named_parameters():
         assert torch.allclose(value, after[name], atol=1e-6), name
+
+
+def test_evaluation_samples_eval_batches_with_the_same_seed_every_time(tmp_path, tiny_model_dir, tiny_tokenizer):
+    t = make(tmp_path, tiny_model_dir, tiny_tokenizer, max_steps=1, eval_steps=None, eval_prompts=16,
+             per_device_eval_batch_size=6)
+    sizes, rollout = [], t.rollout
+    t.rollout = lambda ids, values=True: sizes.append(len(ids)) or rollout(ids, values=values)
+    first, second = t.evaluate(), t.evaluate()
+    assert sizes == [6, 6, 4] * 2  # per_device_eval_batch_size prompts per generate call, not rollout_batch_size
+    assert first == second  # fixed prompts and seed: the trajectory follows the policy, not sampling noise
