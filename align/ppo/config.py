@@ -127,6 +127,9 @@ class PPOConfig(TrainingArguments):
             if mini > self.per_device_train_batch_size and mini % self.per_device_train_batch_size:
                 problems.append(f"the minibatch (rollout_batch_size / num_mini_batches = {mini}) must be divisible by "
                                 f"per_device_train_batch_size ({self.per_device_train_batch_size})")
+        if self.per_device_eval_batch_size < 1:
+            problems.append(f"per_device_eval_batch_size ({self.per_device_eval_batch_size}) must be positive: it is the "
+                            f"number of eval prompts per generate call")
         if self.temperature <= 0:
             problems.append("temperature must be positive (PPO needs sampling)")
         if self.top_k or self.top_p != 1.0:

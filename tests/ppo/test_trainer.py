@@ -313,6 +313,8 @@ def test_config_and_constructor_reject_mistakes(tmp_path, tiny_model_dir, tiny_t
         PPOConfig(kl_estimator="k4", **common)
     with pytest.raises(ValueError, match="divisible"):
         PPOConfig(rollout_batch_size=10, num_mini_batches=3, **common)
+    with pytest.raises(ValueError, match="per_device_eval_batch_size"):
+        PPOConfig(per_device_eval_batch_size=0, **common)
     with pytest.raises(ValueError, match="optim='adafactor' is not supported"):  # never silently ignored
         PPOConfig(optim="adafactor", **common)
     with pytest.raises(ValueError, match="gradient_accumulation_steps=4 is not used by PPO"):
