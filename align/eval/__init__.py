@@ -6,13 +6,13 @@ The metrics also ship as offline ``evaluate`` modules (perplexity, win_rate, dis
 
 from pathlib import Path
 
-from align.eval.compare_stats import (equal_kl_difference, frontier, head_to_head, hierarchical_bootstrap,
-                                      length_controlled_win_rate, paired_bootstrap, score_at_kl, verdict)
+from align.eval.compare_stats import (across_seeds, equal_kl_difference, frontier_fit, head_to_head, holm,
+                                      length_controlled_win_rate, paired_difference)
 from align.eval.generation import generate, generate_chat
 from align.eval.judges import FunctionJudge, Judge, LLMJudge, RewardModelJudge, build_judge
 from align.eval.kl import ESTIMATOR as KL_ESTIMATOR
 from align.eval.kl import kl_to_reference, sequence_logprobs
-from align.eval.stats import perplexity, win_rate
+from align.eval.stats import perplexity
 
 METRICS_DIR = Path(__file__).parent / "metrics"
 
@@ -29,6 +29,6 @@ def metric_path(name: str) -> Path:
 
 
 __all__ = ["generate", "generate_chat", "Judge", "FunctionJudge", "RewardModelJudge", "LLMJudge", "build_judge",
-           "sequence_logprobs", "kl_to_reference", "KL_ESTIMATOR", "perplexity", "win_rate", "metric_path",
-           "paired_bootstrap", "head_to_head", "hierarchical_bootstrap", "frontier", "score_at_kl",
-           "equal_kl_difference", "length_controlled_win_rate", "verdict"]
+           "sequence_logprobs", "kl_to_reference", "KL_ESTIMATOR", "perplexity", "metric_path",
+           "paired_difference", "head_to_head", "across_seeds", "frontier_fit", "equal_kl_difference",
+           "length_controlled_win_rate", "holm"]

@@ -1,4 +1,4 @@
-"""Perplexity / bits per byte of a causal LM on text, and win rates with bootstrap intervals.
+"""Perplexity / bits per byte of a causal LM on text.
 
 Plain functions used by the stages directly and wrapped by the ``evaluate`` modules under
 ``align/eval/metrics/`` (``evaluate.load(str(align.eval.metric_path("perplexity")))``).
@@ -7,8 +7,6 @@ Plain functions used by the stages directly and wrapped by the ``evaluate`` modu
 from __future__ import annotations
 
 import math
-
-import numpy as np
 
 from align.errors import AlignError
 from align.eval.kl import token_logprobs
@@ -82,26 +80,3 @@ def perplexity(model, tokenizer, texts: list[str], *, batch_size: int = 8, max_l
             "perplexity": math.exp(total_nll / tokens), "nlls": nlls, "total_nll": total_nll, "tokens": tokens,
             "bytes": n_bytes, "bits_per_byte": total_nll / (math.log(2) * n_bytes), "max_length": max_length,
             "stride": stride}
-
-
-def win_rate(outcomes, *, n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """Mean outcome of pairwise comparisons (1 win, 0.5 tie, 0 loss) with a bootstrap percentile interval.
-
-    Ties count half. Fractional outcomes in between (an LLM judge's probability that the first
-    response is better) are allowed and averaged the same way; they count as wins above 0.5 and
-    losses below. The interval resamples the comparisons with replacement ``n_bootstrap`` times.
-    """
-    x = np.asarray(outcomes, dtype=float)
-    if x.ndim != 1 or len(x) == 0:
-        raise AlignError(f"win rate: expected a non-empty list of outcomes, got shape {x.shape}.")
-    if np.isnan(x).any() or (x < 0).any() or (x > 1).any():
-        raise AlignError("win rate: every outcome must be in [0, 1] (1 = win, 0.5 = tie, 0 = loss).")
-    if not 0 < confidence < 1:
-        raise AlignError(f"win rate: confidence must be between 0 and 1, got {confidence}.")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(int(n_bootstrap), len(x)))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return {"win_rate": float(x.mean()), "ci_low": float(low), "ci_high": float(high), "confidence": confidence,
-            "wins": int((x > 0.5).sum()), "ties": int((x == 0.5).sum()), "losses": int((x < 0.5).sum()),
-            "n": len(x), "n_bootstrap": int(n_bootstrap)}

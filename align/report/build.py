@@ -16,6 +16,16 @@ TRAJECTORY_NOTE = ("Lines: PPO's periodic evaluations during training (eval/kl, 
                    "Points: the final policies as measured by the evaluate stage, with the 95 % interval of the mean score.")
 
 
+METHOD_NOTE = ("Paired difference: same prompts, same judge; a sign-flip permutation test and the interval that inverts "
+               "it. Head to head and win rates: bootstrap over prompts, interval and p from the same resamples. "
+               "Length-controlled win rate: AlpacaEval 2's logistic regression of the outcome on the length difference, "
+               "read at zero difference, its length slope anchored by each policy judged against a second sample of "
+               "itself. Equal KL: each method's frontier fitted through its sweep points and the reference (Gao et al. "
+               "2023), compared over the KLs both reach, recomputed in every resample; refused when a method has one "
+               "point or the ranges meet in too few resamples. Holm's correction over the tests of the sentence. "
+               "One run per method compares checkpoints; seeds compare methods.")
+
+
 def context_text(evaluation: Evaluation) -> str:
     m = evaluation.metrics
     decoding = ", ".join(f"{k}={v}" for k, v in (m.get("decoding") or {}).items()) or "not recorded"
@@ -62,10 +72,7 @@ def build_report(source: Evaluation | str | Path, out_dir: str | Path, *, title:
     blocks = [Text(context_text(evaluation))]
     if decided:
         blocks += [Heading("Verdict: PPO vs DPO"), Text(decided["sentence"]), Table(*verdict_table(decided)),
-                   Text("Paired bootstrap over prompts (same prompts, same judge); p-values by sign-flip permutation. "
-                        "Length-controlled win rate: logistic regression of the outcome on the length difference, "
-                        "read at zero difference (AlpacaEval 2). Equal KL: each method's concave score-vs-KL "
-                        "frontier over its sweep points, compared where both reach.")]
+                   Text(METHOD_NOTE)]
     blocks += [Heading("Results"), *results_blocks(policies, judges, m)]
     pairwise = pairwise_table(m.get("pairwise"))
     if pairwise:

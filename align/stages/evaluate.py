@@ -29,6 +29,8 @@ KEYS = {
     "n_bootstrap": "bootstrap resamples for win-rate intervals (default 2000)",
     "metrics": "extra `evaluate` modules applied to every policy's responses: a bundled name (distinct_n), a local "
                "module folder or file, or a hub id (online); or {module: ..., args: {...}} for compute() arguments",
+    "length_anchors": "sample every policy a second time and judge it against itself (default true): the rows that "
+                      "identify the length-controlled win rate's length slope (AlpacaEval's gamed-baseline rows)",
     "chat": "render prompts with each policy's chat template (default true); false continues them as raw text",
     "chat_template": "the template prompts are rendered with: a TRL-shipped name, default, or a .jinja file "
                      "(default: each policy's own; align's default for a model without one)",
@@ -68,9 +70,30 @@ def policy_kind(path) -> str | None:
     return marker.get("kind") if marker else None
 
 
-def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout_texts, modules) -> tuple[dict, list[dict]]:
+def length_anchor(ctx, model, tokenizer, prompts, records, judge, generation, chat) -> dict:
+    """A second sample of the policy on every prompt, judged against its first: the same policy on both
+    sides, so its true win rate at equal length is 0.5 and any pull of the outcome comes from length.
+    These rows let the length-controlled win rate tell the judge's length preference from quality."""
+    from align.eval.generation import generate
+
+    offset = 1_000_003  # other sampling seeds than the first sample's batches
+
+    def second(batch_index: int, chunk: list) -> list[dict]:
+        responses, sampled = generate(model, tokenizer, chunk, seed=ctx.seed + offset + batch_index, chat=chat,
+                                      return_ids=True, **generation)
+        return [{"response": r, "tokens": len(ids[1])} for r, ids in zip(responses, sampled)]
+
+    again = ctx.map_batches(second, prompts, generation["batch_size"])
+    outcomes = judge.compare(list(prompts), [r["response"] for r in records], [r["response"] for r in again])
+    return {"outcomes": [float(o) for o in outcomes], "tokens_first": [r["response_tokens"] for r in records],
+            "tokens_second": [r["tokens"] for r in again]}
+
+
+def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout_texts, modules,
+                    anchor_judge=None) -> tuple[dict, list[dict]]:
     """Generate, judge and measure one policy; returns its held-out numbers and per-prompt records.
     ``modules``: the loaded ``evaluate`` modules, ``{"perplexity": module or None, "extra": [(name, module, args)]}``.
+    ``anchor_judge``: judge a second sample against the first (``length_anchor``).
 
     Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
     so the records are the same whatever the number of processes."""
@@ -81,6 +104,7 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
     model, tokenizer = load_causal_lm(path), load_policy_tokenizer(ctx, path)
     ref_model, ref_tokenizer = reference
     comparable = same_vocabulary(tokenizer, ref_tokenizer)
+    extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
     chat = bool(ctx.spec.get("chat", True))
     if ctx.is_main_process:
         note_ignored_settings(model, f"{ctx.where('policies')}.{name}")
@@ -100,7 +124,8 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
     records = ctx.map_batches(measure, prompts, generation["batch_size"])
     for i, record in enumerate(records):
         record["prompt_id"] = i
-    extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
+    if anchor_judge is not None:
+        extra["length_anchor"] = length_anchor(ctx, model, tokenizer, prompts, records, anchor_judge, generation, chat)
     if heldout_texts:
         ppl = modules["perplexity"].compute(predictions=heldout_texts, model=model, tokenizer=tokenizer)
         extra.update(perplexity=ppl["mean_perplexity"], bits_per_byte=ppl["bits_per_byte"])
@@ -180,6 +205,9 @@ def run(ctx) -> dict:
                          for name, module, args in metric_specs(ctx)],
                "perplexity": load_metric("perplexity", ctx.where("heldout")) if "heldout" in ctx.spec else None}
     generation = ctx.options("generation", GENERATION_DEFAULTS)
+    anchors = ctx.spec.get("length_anchors", True)
+    if not isinstance(anchors, bool):
+        raise AlignError(f"{ctx.where('length_anchors')}: expected true or false, got {anchors!r}.")
     prompts_ds = ctx.dataset("prompts", expected=EXPECTED["prompts"])
     prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
     heldout = ctx.dataset("heldout", expected=EXPECTED["heldout"])["text"] if "heldout" in ctx.spec else None
@@ -190,7 +218,7 @@ def run(ctx) -> dict:
         if ctx.is_main_process:
             print(f"{ctx.name}: {name} ({path}) on {len(prompts)} prompts")
         extra, by_policy[name] = evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout,
-                                                 modules)
+                                                 modules, judges[primary] if anchors else None)
         results[name] = {"path": str(path), "kind": policy_kind(path), **extra}
     records = [r for i in range(len(prompts)) for r in (by_policy[name][i] for name in policies)]
 

@@ -80,9 +80,9 @@ def test_win_rate_counts_ties_half(win_rate_metric):
     assert result["win_rate"] == pytest.approx(4 / 6)
     assert (result["wins"], result["ties"], result["losses"], result["n"]) == (3, 2, 1, 6)
     assert result["ci_low"] <= result["win_rate"] <= result["ci_high"]
-    assert result == align.eval.win_rate([1, 1, 0.5, 0, 0.5, 1], n_bootstrap=500, seed=1)
+    assert result == align.eval.head_to_head([1, 1, 0.5, 0, 0.5, 1], n_bootstrap=500, seed=1)  # one win-rate interval
     with pytest.raises(AlignError, match=r"\[0, 1\]"):
-        align.eval.win_rate([1, 2])
+        align.eval.head_to_head([1, 2])
 
 
 def test_win_rate_interval_covers_the_true_rate_at_about_the_nominal_rate(win_rate_metric):

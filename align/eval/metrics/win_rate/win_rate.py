@@ -4,13 +4,13 @@
     metric = evaluate.load(str(align.eval.metric_path("win_rate")))
     metric.compute(predictions=[1, 0.5, 0, 1], n_bootstrap=2000, seed=0, confidence=0.95)
 
-The computation is ``align.eval.win_rate``: ties (0.5) count half.
+The computation is ``align.eval.head_to_head``: ties (0.5) count half; the interval and p-value agree.
 """
 
 import datasets
 import evaluate
 
-from align.eval.stats import win_rate
+from align.eval.compare_stats import head_to_head
 
 _DESCRIPTION = """Share of pairwise comparisons won (1 = win, 0.5 = tie, 0 = loss; ties count half) with a
 bootstrap percentile confidence interval, and the counts of wins, ties and losses."""
@@ -22,7 +22,7 @@ Args:
     confidence (float): coverage of the interval (default 0.95).
     seed (int): seed of the resampling (default 0).
 Returns:
-    win_rate, ci_low, ci_high, confidence, wins, ties, losses, n, n_bootstrap.
+    win_rate, ci_low, ci_high, p_value, significant, confidence, wins, ties, losses, n, n_bootstrap.
 """
 
 
@@ -38,4 +38,4 @@ class WinRate(evaluate.Metric):
         )
 
     def _compute(self, predictions, n_bootstrap=2000, confidence=0.95, seed=0):
-        return win_rate(predictions, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+        return head_to_head(predictions, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
