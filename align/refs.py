@@ -1,0 +1,20 @@
+"""``${stages.<name>}``: how a recipe names another stage's output folder (one pattern for every reader)."""
+
+from __future__ import annotations
+
+import re
+
+STAGE_NAME = r"[A-Za-z0-9_.\-]+"
+REF_PATTERN = re.compile(rf"^\$\{{stages\.({STAGE_NAME})\}}$")  # a whole value that is a reference
+UNQUOTED_REF = re.compile(rf"""(?<!["'])(\$\{{stages\.{STAGE_NAME}\}})(?!["'])""")  # one YAML flow syntax would refuse
+
+
+class StageRef(str):
+    """The output folder of another stage; ``.stage`` is that stage's name."""
+
+    stage: str
+
+    def __new__(cls, path: str, stage: str):
+        obj = super().__new__(cls, path)
+        obj.stage = stage
+        return obj
