@@ -37,7 +37,7 @@ EXAMPLE_RESPONSES = ("The Zenmor X2 blender is quiet and sturdy; it makes a smoo
                      "It broke after a week.")
 BUILTIN_ROWS_CHECKED = 20_000  # a builtin split larger than this is checked on its first rows (same generator)
 HUB_ROWS_CHECKED = 200  # hub datasets are streamed: their first rows are checked, nothing is downloaded in full
-TOKENIZER_FILES = ("tokenizer_config.json",)
+FILES = {"model": MODEL_FILES, "tokenizer": ("tokenizer_config.json",)}  # what a folder of each must hold
 
 
 # ---------------------------------------------------------------- results
@@ -228,8 +228,7 @@ class Checker:
             for message in self.attempt(where, kind.check, stage.spec, where) or []:
                 self.problem(message)
             for key, (value, what) in (self.attempt(where, kind.model_refs, stage.spec) or {}).items():
-                self.model(value, f"{where}.{key}", files=TOKENIZER_FILES if what == "tokenizer" else MODEL_FILES,
-                           what=what)
+                self.model(value, f"{where}.{key}", files=FILES[what], what=what)
             for key in kind.dataset_keys:
                 if key in stage.spec:
                     self.attempt(f"{where}.{key}", self.dataset, stage, kind, key)
