@@ -9,6 +9,11 @@ REF_PATTERN = re.compile(rf"^\$\{{stages\.({STAGE_NAME})\}}$")  # a whole value 
 UNQUOTED_REF = re.compile(rf"""(?<!["'])(\$\{{stages\.{STAGE_NAME}\}})(?!["'])""")  # one YAML flow syntax would refuse
 
 
+def plain(spec: dict) -> dict:
+    """A dataset spec as the data layer takes it: references become plain folder paths."""
+    return {k: str(v) if isinstance(v, StageRef) else v for k, v in spec.items()}
+
+
 class StageRef(str):
     """The output folder of another stage; ``.stage`` is that stage's name."""
 

@@ -25,12 +25,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from align.errors import AlignError, suggest
-from align.recipe import Recipe, Stage, plain
-from align.refs import StageRef
+from align.refs import StageRef, plain
 from align.version import __version__
+
+if TYPE_CHECKING:  # the run state reads a resolved recipe; it does not load one
+    from align.recipe import Recipe, Stage
 
 MARKER = ".align_complete.json"  # written last: the stage finished
 STARTED = ".align_started.json"  # written first: the spec hash an interrupted attempt may resume with
@@ -130,8 +132,6 @@ def dataset_fingerprint(spec: dict, *, name: str = "dataset") -> str:
 def fingerprint_parts(recipe: Recipe, stage: Stage) -> dict[str, str] | None:
     """What determines a stage's output, part by part (so a re-run can say which part changed);
     None while an input is unfinished."""
-    from align.stages import stage_kind
-
     markers = {dep: read_marker(recipe.stages[dep].out_dir) for dep in stage.deps}
     if any(marker is None for marker in markers.values()):
         return None
@@ -145,7 +145,6 @@ def fingerprint_parts(recipe: Recipe, stage: Stage) -> dict[str, str] | None:
             return [canonical(v) for v in value]
         return value
 
-    kind = stage_kind(stage.kind)
     parts = {"spec": short_hash({"kind": stage.kind, "spec": canonical(stage.spec)}), "seed": str(recipe.seed),
              "align": str(__version__)}
     for dep, marker in markers.items():
@@ -156,13 +155,13 @@ def fingerprint_parts(recipe: Recipe, stage: Stage) -> dict[str, str] | None:
             parts[f"code {str(spec['map']).partition(':')[0]} (dataset {label} map)"] = module_code_hash(spec["map"])
         parts[f"dataset {label}"] = dataset_fingerprint(plain(spec))
 
-    for key in kind.dataset_keys:
+    for key in stage.dataset_keys:
         value = stage.spec.get(key)
         if isinstance(value, str) and not isinstance(value, StageRef):
             dataset(value, recipe.datasets[value])
         elif isinstance(value, dict):
             dataset(key, value)
-    for name in kind.judge_names(stage.spec):
+    for name in stage.judges:
         judge = recipe.judges[name]
         parts[f"judge {name}"] = short_hash(canonical(judge))
         if judge.get("function"):

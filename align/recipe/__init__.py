@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from align.errors import AlignError, suggest
-from align.refs import REF_PATTERN, UNQUOTED_REF, StageRef
+from align.refs import REF_PATTERN, UNQUOTED_REF, StageRef, plain
 
 TOP_LEVEL_KEYS = {"name", "description", "seed", "output_dir", "datasets", "judges", "stages"}
 STAGE_COMMON_KEYS = {"kind", "args"}
@@ -102,6 +102,8 @@ class Stage:
     spec: dict  # resolved: references replaced by StageRef
     out_dir: Path
     deps: list[str] = field(default_factory=list)
+    dataset_keys: tuple[str, ...] = ()  # its kind's keys that name datasets (the run state fingerprints them)
+    judges: list[str] = field(default_factory=list)  # the recipe judges it uses
 
 
 @dataclass
@@ -128,11 +130,6 @@ class Recipe:
         if isinstance(value, str):
             return value, plain(self.datasets[value])
         return key, plain(value)
-
-
-def plain(spec: dict) -> dict:
-    """A dataset spec as the data layer takes it: references become plain folder paths."""
-    return {k: str(v) if isinstance(v, StageRef) else v for k, v in spec.items()}
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -262,7 +259,8 @@ def build_recipe(raw: dict) -> Recipe:
             if key in resolved:
                 deps += judge_deps(resolved[key], f"{where}.{key}", judges, stages, output_dir)
         check_args(kind, resolved.get("args"), where)
-        stages[name] = Stage(name, spec["kind"], resolved, output_dir / name, sorted(set(deps)))
+        stages[name] = Stage(name, spec["kind"], resolved, output_dir / name, sorted(set(deps)), kind.dataset_keys,
+                             kind.judge_names(resolved))
     datasets = {n: resolve_refs(s, f"datasets.{n}", stages, output_dir, []) for n, s in datasets.items()}
     judges = {n: resolve_refs(s, f"judges.{n}", stages, output_dir, []) for n, s in judges.items()}
     return Recipe(str(raw["name"]), seed, output_dir, datasets, judges, stages, raw=raw)
