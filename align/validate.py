@@ -133,56 +133,6 @@ def quiet_progress_bars():
             datasets.enable_progress_bars()
 
 
-def validate_file(path: str | Path, overrides: list[str] = (), *, output_dir: str | None = None) -> Validation:
-    """Read a recipe (with ``--set`` overrides) and check it; a recipe that cannot be read is one problem."""
-    from align.recipe import load_recipes
-
-    start = time.perf_counter()
-    try:
-        recipes = load_recipes(path, overrides, output_dir=output_dir)
-    except AlignError as e:
-        return Validation(str(path), None, [str(e)], seconds=time.perf_counter() - start)
-    result = check_recipe(recipes[0])
-    for other in recipes[1:]:  # a seed sweep: the same stages, checked once; every run's plan
-        result.plan += plan(other, problems=result.problems)
-    result.source = str(path)
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-def check_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str | None = None,
-                 force: bool = False, skip_cached: bool = False) -> Validation:
-    """Dry-run ``recipe``: every problem a run would meet before training, and the plan. Writes nothing.
-
-    ``only`` / ``from_stage`` / ``force`` shape the plan as ``run_recipe`` would; ``skip_cached`` checks only
-    the stages that will run (what ``align run`` needs); by default every stage is checked.
-    """
-    start = time.perf_counter()
-    result = Validation(str(recipe.source or recipe.name), recipe)
-    result.plan = plan(recipe, only=only, from_stage=from_stage, force=force, problems=result.problems)
-    checked = {s.stage for s in result.plan if s.action == "run" or (s.action == "cached" and not skip_cached)}
-    checker = Checker(recipe, result)
-    with quiet_progress_bars():
-        checker.run([recipe.stages[n] for n in recipe.stages if n in checked],
-                    all_judges=not (only or from_stage or skip_cached))
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-@contextlib.contextmanager
-def quiet_progress_bars():
-    """``datasets`` progress bars off while checking (restored after)."""
-    import datasets
-
-    enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if enabled:
-            datasets.enable_progress_bars()
-
-
 # ---------------------------------------------------------------- the checks
 
 class Checker:

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from align.errors import AlignError
-from align.functions import import_function
 from align.eval.generation import as_messages, eval_mode, pad_batch
+from align.functions import import_function
 
 
 def outcome(difference: float, tie_tolerance: float) -> float:
