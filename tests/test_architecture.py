@@ -230,3 +230,50 @@ def test_validate_prints_the_plan_run_executes_on_a_half_finished_run(tmp_path, 
     planned, results, lines = plan_and_run(path, ["stages.tokenizer.vocab_size=500"])
     said, did = executed(planned, results, lines)
     assert said == did == {name: ("cached", False) for name in ("tokenizer", "pretrain", "sft")} and fake_stages == []
+
+
+# ---------------------------------------------------------------- one definition per rule, whoever asks
+
+def test_the_judge_kind_rule_is_the_same_for_the_recipe_and_the_factory():
+    from align.errors import AlignError
+    from align.eval.judge_factory import build_judge, judge_problems
+    from align.recipe import build_recipe
+
+    spec = {"funcion": "m:f"}
+    raw = {"name": "r", "judges": {"j": spec}, "stages": {"t": {"kind": "tokenizer", "dataset": {"builtin": "reviews"}}}}
+    with pytest.raises(AlignError) as from_recipe:
+        build_recipe(raw)
+    with pytest.raises(AlignError) as from_factory:
+        build_judge("j", spec)
+    assert str(from_recipe.value) == str(from_factory.value) == judge_problems(spec, "judges.j")[0]
+    assert str(from_recipe.value).startswith("judges.j: expected exactly one of function, reward_model, llm, openai")
+
+
+def test_options_are_checked_by_one_rule_at_validate_and_at_run():
+    from types import SimpleNamespace
+
+    from align.errors import AlignError
+    from align.fields import option_problems
+    from align.recipe import load_recipe
+    from align.stages.context import StageContext
+
+    recipe = load_recipe(MICRO)
+    stage = recipe.stages["sft"]
+    stage.spec["generation"] = {"temprature": 1.0, "max_new_tokens": "many"}
+    defaults = {"temperature": 1.0, "max_new_tokens": 64}
+    problems = option_problems(stage.spec["generation"], defaults, "stages.sft.generation")
+    assert problems == ["stages.sft.generation.temprature: unknown key. Did you mean 'temperature'? Valid: "
+                        "max_new_tokens, temperature.",
+                        "stages.sft.generation.max_new_tokens: expected int (default 64), got 'many' (str)."]
+    with pytest.raises(AlignError) as raised:
+        StageContext(recipe, stage, SimpleNamespace()).options("generation", defaults)
+    assert str(raised.value) == "\n".join(problems)
+
+
+def test_a_stage_reads_its_datasets_the_way_the_recipe_resolves_them():
+    from align.recipe import load_recipe
+
+    recipe = load_recipe(MICRO)
+    assert recipe.dataset_spec(recipe.stages["sft"], "dataset") == ("chat", {"builtin": "reviews", "split": "sft",
+                                                                              "size": 64})
+    assert recipe.stages["pretrain"].dataset_keys == ("dataset", "eval_dataset") and recipe.stages["sft"].judges == []
