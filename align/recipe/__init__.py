@@ -233,8 +233,10 @@ def build_recipe(raw: dict) -> Recipe:
         if not isinstance(spec, dict):
             raise AlignError(f"datasets.{name}: expected a mapping like {{builtin: reviews, split: sft}} or {{path: data.jsonl}}, got {spec!r}.")
         check_dataset_spec(spec, f"datasets.{name}")
+    from align.eval.judge_factory import judge_kind
+
     for name, spec in judges.items():
-        check_judge_spec(spec, f"judges.{name}")
+        judge_kind(spec, f"judges.{name}")
 
     stages: dict[str, Stage] = {}
     for name, spec in stages_raw.items():
@@ -323,12 +325,6 @@ def check_dataset_spec(spec: dict, where: str) -> None:
     from align.data.loading import check_spec
 
     check_spec(spec, where)
-
-
-def check_judge_spec(spec, where: str) -> None:
-    from align.eval.judge_factory import judge_kind
-
-    judge_kind(spec, where)
 
 
 def check_args(kind, args, where: str) -> None:

@@ -194,7 +194,7 @@ def run(ctx) -> dict:
     from align.models import load_causal_lm
 
     policies, reference_name = policies_and_reference(ctx.spec, f"stages.{ctx.name}")
-    judge_names = ctx.spec["judges"] if isinstance(ctx.spec["judges"], list) else [ctx.spec["judges"]]
+    judge_names = ctx.stage.judges
     judges = {name: build_judge(name, ctx.recipe.judges[name]) for name in judge_names}
     primary = judge_names[0]
     # every evaluate module loaded once, before sampling: a bad metric fails now, not after minutes of it

@@ -39,9 +39,8 @@ def completion_text(completion) -> str:
 def reward_functions(ctx) -> list:
     from align.eval.judge_factory import build_judge
 
-    names = ctx.spec["rewards"] if isinstance(ctx.spec["rewards"], list) else [ctx.spec["rewards"]]
     funcs = []
-    for name in names:
+    for name in ctx.stage.judges:
         judge = build_judge(name, ctx.recipe.judges[name])
 
         def reward(prompts, completions, _judge=judge, **_):
