@@ -277,3 +277,18 @@ def test_a_stage_reads_its_datasets_the_way_the_recipe_resolves_them():
     assert recipe.dataset_spec(recipe.stages["sft"], "dataset") == ("chat", {"builtin": "reviews", "split": "sft",
                                                                               "size": 64})
     assert recipe.stages["pretrain"].dataset_keys == ("dataset", "eval_dataset") and recipe.stages["sft"].judges == []
+
+
+def test_run_recipe_runs_the_stages_own_checks_once(tmp_path, fake_stages):
+    """Called directly, ``run_recipe`` runs every selected stage's checks before touching a folder; ``align run``
+    has run them (with the rest of ``align validate``'s) and says so with ``checked=True``."""
+    from align.errors import AlignError
+    from align.recipe import load_recipe
+    from align.runner import run_recipe
+
+    recipe = load_recipe(MICRO, ["stages.sft.args.learning_rate=fast"], output_dir=str(tmp_path / "run"))
+    with pytest.raises(AlignError, match=r"stages\.sft\.args\.learning_rate: expected float \(SFTConfig"):
+        run_recipe(recipe, echo=lambda line: None)
+    assert not (tmp_path / "run").exists() and fake_stages == []
+    run_recipe(recipe, echo=lambda line: None, checked=True)
+    assert fake_stages == ["tokenizer", "pretrain", "sft"]
