@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from align.errors import AlignError, suggest
 from align.refs import StageRef, plain
-from align.version import __version__
+from align import version
 
 if TYPE_CHECKING:  # the run state reads a resolved recipe; it does not load one
     from align.recipe import Recipe, Stage
@@ -146,7 +146,7 @@ def fingerprint_parts(recipe: Recipe, stage: Stage) -> dict[str, str] | None:
         return value
 
     parts = {"spec": short_hash({"kind": stage.kind, "spec": canonical(stage.spec)}), "seed": str(recipe.seed),
-             "align": str(__version__)}
+             "align": str(version.__version__)}
     for dep, marker in markers.items():
         parts[f"input {dep}"] = str(marker.get("fingerprint"))
 
