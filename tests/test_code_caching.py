@@ -12,7 +12,8 @@ import pytest
 
 import align
 from align.recipe import load_recipe
-from align.runner import read_marker, run_recipe
+from align.runner import run_recipe
+from align.state import read_marker
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures_runner"
 MODULES = ("cc_judge_long", "cc_judge_short", "cc_map_beside", "cc_map_cwd")
@@ -95,7 +96,7 @@ def test_map_modules_beside_the_recipe_and_in_the_cwd_import_and_are_fingerprint
     assert ": done, skipping" in lines["tok_cwd"]
 
     align_version = align.__version__
-    monkeypatch.setattr(align, "__version__", "99.0")
+    monkeypatch.setattr(align.version, "__version__", "99.0")  # its one owner; the run state reads it there
     lines = run(recipe, out)
     assert all(f"re-runs: code changed: align {align_version} -> 99.0" in line for line in lines.values()), lines
 

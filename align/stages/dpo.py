@@ -7,7 +7,7 @@ same weights with the adapter disabled, so no second copy sits in memory.
 from __future__ import annotations
 
 from align.models import fp32_adapters_without_autocast
-from align.stages.sft import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")

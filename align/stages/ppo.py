@@ -12,7 +12,7 @@ from align.errors import AlignError
 from align.models import is_quantized, load_sequence_classifier
 from align.ppo.sharding import requested_sharding
 from align.stages.grpo import reward_functions
-from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
+from align.stages.training import DEFAULT_LORA, load_for_training, lora_config
 
 REQUIRED = ("policy", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -33,6 +33,13 @@ KEYS = {
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own)",
     "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
 }
+TYPES = {"chat": bool}
+
+
+def check(spec: dict, where: str) -> list[str]:
+    if "reward" not in spec and "rewards" not in spec:
+        return [f"{where}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names]."]
+    return []
 
 
 def config_class():
@@ -48,8 +55,8 @@ def run(ctx) -> dict:
         requested_sharding()
     except ValueError as e:
         raise AlignError(f"stages.{ctx.name}: {e}") from None
-    if "reward" not in ctx.spec and "rewards" not in ctx.spec:
-        raise AlignError(f"stages.{ctx.name}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names].")
+    for problem in check(ctx.spec, f"stages.{ctx.name}"):
+        raise AlignError(problem)
     model, tokenizer = load_for_training(ctx, "policy")
     chat = bool(ctx.spec.get("chat", True))
     if chat:

@@ -29,6 +29,7 @@ KEYS = {
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own; align's "
                      "default for a model without one)",
 }
+TYPES = {"samples_per_prompt": int, "min_score_gap": float, "limit": int, "chat": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32}
 
 
@@ -80,7 +81,7 @@ def run(ctx) -> dict:
     from align.data import write_data_card
     from align.chat_templates import prepare_chat_template
     from align.eval.generation import generate, note_ignored_settings
-    from align.eval.judges import build_judge
+    from align.eval.judge_factory import build_judge
     from align.models import load_causal_lm, load_tokenizer
 
     k = int(ctx.spec.get("samples_per_prompt", 4))
