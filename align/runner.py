@@ -27,7 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from align import preemption  # issue 25
+from align.checkpoints import atomic_write_json, disk_error, last_complete  # issue 25
 from align.errors import AlignError
+from align.lock import StageLocks  # issue 25
 from align.recipe import Recipe, Stage, StageRef
 
 MARKER = ".align_complete.json"
@@ -44,9 +47,7 @@ def read_marker(stage_dir: str | Path) -> dict | None:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, payload)  # issue 25: fsync'd temporary name + rename; a full disk is an AlignError
 
 
 def short_hash(value: Any) -> str:
@@ -323,12 +324,18 @@ class StageContext:
         if self.is_main_process:
             tokenizer.save_pretrained(self.out_dir)
 
-    def resume_checkpoint(self) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
+    def resume_checkpoint(self, trainer=None) -> str | None:
+        """The newest complete checkpoint of this attempt (incomplete ones set aside, align.checkpoints). Given the
+        trainer, it also gets the callback that writes checkpoint manifests and stops cleanly on SIGTERM."""
+        if trainer is not None:  # issue 25
+            trainer.add_callback(preemption.CheckpointCallback(self.name))
         if not self.out_dir.exists():
             return None
-        checkpoint = get_last_checkpoint(str(self.out_dir))
+        if self.is_main_process:  # issue 25: the main process sets incomplete checkpoints aside, then all agree
+            checkpoint = last_complete(self.out_dir)
+        self.state.wait_for_everyone()
+        if not self.is_main_process:
+            checkpoint = last_complete(self.out_dir)
         if checkpoint:
             log.info("resuming %s from %s", self.name, checkpoint)
         return checkpoint
@@ -349,8 +356,17 @@ def select_stages(recipe: Recipe, only: list[str] | None, from_stage: str | None
 
 
 def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str | None = None,
-               force: bool = False, echo=print) -> dict[str, dict]:
-    """Run the selected stages; returns each stage's metrics. ``--from X`` re-runs X even if done."""
+               force: bool = False, echo=print, wait: bool = True) -> dict[str, dict]:
+    """Run the selected stages; returns each stage's metrics. ``--from X`` re-runs X even if done.
+
+    Issue 25: each stage is built under its lock (align.lock: another run on the folder waits, or with
+    ``wait=False`` stops); SIGTERM/SIGINT save a checkpoint and raise ``preemption.Preempted``."""
+    with StageLocks(echo=echo, wait=wait) as locks, preemption.handle_signals():
+        return _run_recipe(recipe, only=only, from_stage=from_stage, force=force, echo=echo, locks=locks)
+
+
+def _run_recipe(recipe: Recipe, *, only: list[str] | None, from_stage: str | None, force: bool, echo,
+                locks: StageLocks) -> dict[str, dict]:
     from accelerate import PartialState
     from transformers import set_seed
 
@@ -373,11 +389,15 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
     check_recipe_args(recipe, stages)  # a wrong-typed arg fails here, before any folder is touched
     if state.is_main_process:
         for stage in recipe.stages.values():
-            recover_stage_dir(stage.out_dir)
+            if locks.try_hold(stage.out_dir):  # issue 25: a stage another run is building is left to it
+                recover_stage_dir(stage.out_dir)
+        locks.release()
     state.wait_for_everyone()
     results: dict[str, dict] = {}
     for index, stage in enumerate(stages, 1):
         header = f"[{index}/{len(stages)}] {stage.name} ({stage.kind})"
+        preemption.check(stage.name)  # issue 25: a signal between stages stops here
+        locks.hold(stage.out_dir, state)  # issue 25: one run builds a stage at a time; then its marker is read
         parts = fingerprint_parts(recipe, stage)
         if parts is None:
             unfinished = [d for d in stage.deps if read_marker(recipe.stages[d].out_dir) is None]
@@ -410,9 +430,12 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
         started = time.time()
         try:
             metrics = stage_module(stage.kind).run(StageContext(recipe, stage, state, work_dir=work)) or {}
-        except BaseException:
+        except BaseException as error:
             if state.is_main_process:
                 discard_failed_attempt(work, stage.out_dir)
+            disk = disk_error(error, work)  # issue 25: a full disk said in words (exit 2)
+            if disk is not None:
+                raise disk from error
             raise
         metrics = relocate({**metrics, "stage_seconds": round(time.time() - started, 1)}, work, stage.out_dir)
         state.wait_for_everyone()
