@@ -134,14 +134,14 @@ def set_aside(folder: Path) -> Path:
 def last_complete(out_dir: str | Path, echo=None) -> str | None:
     """The newest complete checkpoint in ``out_dir`` (as a string, for ``resume_from_checkpoint``), or None.
     Incomplete newer ones are set aside with a line saying why. Main process only (it renames)."""
-    say = echo or log.warning
     for folder in checkpoints(out_dir):
         why = problem(folder)
         if why is None:
             return str(folder)
         moved = set_aside(folder)
-        say(f"align: {folder.name} in {Path(out_dir)} is incomplete ({why}); set aside as {moved.name}, "
-            f"resuming from the previous complete checkpoint if there is one")
+        line = (f"{folder.name} in {Path(out_dir)} is incomplete ({why}); set aside as {moved.name}, "
+                f"resuming from the previous complete checkpoint if there is one")
+        echo(f"align: {line}") if echo else log.warning(line)  # the CLI logs as "align: ..."
     return None
 
 

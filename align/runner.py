@@ -42,7 +42,7 @@ def read_marker(stage_dir: str | Path) -> dict | None:
     path = Path(stage_dir) / MARKER
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # NotADirectory: output_dir under a file
         return None
 
 
