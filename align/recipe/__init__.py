@@ -164,7 +164,8 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-UNQUOTED_REF = re.compile(r"""(?<!["'])(\$\{stages\.[A-Za-z0-9_.\-]+\})(?!["'])""")
+# a whole unquoted value only: `${stages.sft}x` stays as written, so the error names the field, not align's quotes
+UNQUOTED_REF = re.compile(r"""(?<!["'\w$])(\$\{stages\.[A-Za-z0-9_.\-]+\})(?=[ \t]*(?:[,}\]]|\#|$))""", re.M)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -203,6 +204,7 @@ def load_recipes(path: str | Path, overrides: list[str] = (), *, output_dir: str
         apply_override(raw, assignment)
     if output_dir is not None:
         raw["output_dir"] = output_dir
+    check_top_level(raw, TOP_LEVEL_KEYS | {"sweep"})  # before sweeps expand: a misspelt key is named as such
     recipes = []
     for variant, expanded in expand(raw):
         recipe = build_recipe(expanded)
@@ -223,10 +225,7 @@ def build_recipe(raw: dict) -> Recipe:
     from align.stages import stage_module
 
     raw = copy.deepcopy(raw)
-    for key in raw:
-        if key not in TOP_LEVEL_KEYS:
-            raise AlignError(f"recipe: unknown top-level key {key!r}.{suggest(key, TOP_LEVEL_KEYS)} "
-                             f"Valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}.")
+    check_top_level(raw, TOP_LEVEL_KEYS)
     for key in ("name", "stages"):
         if key not in raw:
             raise AlignError(f"recipe: missing required key {key!r}.")
@@ -273,6 +272,13 @@ def build_recipe(raw: dict) -> Recipe:
     datasets = {n: resolve_refs(s, f"datasets.{n}", stages, output_dir, []) for n, s in datasets.items()}
     judges = {n: resolve_refs(s, f"judges.{n}", stages, output_dir, []) for n, s in judges.items()}
     return Recipe(str(raw["name"]), seed, output_dir, datasets, judges, stages, raw=raw)
+
+
+def check_top_level(raw: dict, allowed: set) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise AlignError(f"recipe: unknown top-level key {key!r}.{suggest(key, allowed)} "
+                             f"Valid keys: {', '.join(sorted(allowed))}.")
 
 
 def section(raw: dict, key: str) -> dict:

@@ -24,7 +24,7 @@ STAGE_KINDS = {
 
 
 def stage_module(kind: str, *, where: str = "kind"):
-    if kind not in STAGE_KINDS:
+    if not isinstance(kind, str) or kind not in STAGE_KINDS:  # a mapping or list here is unhashable
         from align.recipe import suggest
 
         raise AlignError(f"{where}: unknown stage kind {kind!r}.{suggest(kind, STAGE_KINDS)} "
