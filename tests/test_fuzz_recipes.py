@@ -30,7 +30,7 @@ from align.stages import STAGE_KINDS, stage_module  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "tests" / "recipes"
 BASES = ["micro.yaml", "micro_sweep.yaml", "micro_full.yaml", "micro_ppo.yaml"]
-CI_EXAMPLES, MANY_EXAMPLES = 80, 3000
+CI_EXAMPLES, MANY_EXAMPLES = 80, int(os.environ.get("FUZZ_EXAMPLES", 3000))
 RUN_EVERY = 4  # `align run --only tokenizer` on every 4th recipe (it may train the tokenizer: 0.1-0.5 s)
 TRIED: dict[str, int] = {}
 
@@ -67,7 +67,13 @@ def field_key(path) -> bool:
 
 
 def dotted(path) -> str:
-    return ".".join(str(p) for p in path)
+    """As align names a field: stages.eval.judges[0]; a swept value by the field it sweeps."""
+    if path[0] == "sweep" and len(path) > 1:
+        return str(path[1])
+    text = ""
+    for p in path:
+        text += f"[{p}]" if isinstance(p, int) else f".{p}" if text else str(p)
+    return text
 
 
 def other_type(value, draw):
@@ -95,15 +101,16 @@ def mutated(draw):
     base = draw(st.sampled_from(BASES))
     raw = raw_of(base)
     all_nodes = list(nodes(raw))
-    kind = draw(st.sampled_from(["delete", "rename", "retype", "break_ref", "nest", "inject"]))
+    kind = draw(st.sampled_from(["delete", "rename", "retype", "break_ref", "nest", "inject", "number"]))
     must = None
     if kind == "delete":
         path, _ = draw(st.sampled_from(all_nodes))
         parent = get(raw, path[:-1])
         del parent[path[-1]]
         if len(path) == 3 and path[0] == "stages" and isinstance(get(raw, path[:2]), dict):
-            stage_kind = raw_of(base)["stages"][path[1]].get("kind")
-            if path[2] == "kind" or path[2] in getattr(stage_module(stage_kind), "REQUIRED", ()):
+            stage_kind = raw_of(base)["stages"][path[1]].get("kind")  # None in a stage that only overrides a base's
+            if stage_kind in STAGE_KINDS and (path[2] == "kind" or path[2] in getattr(stage_module(stage_kind),
+                                                                                       "REQUIRED", ())):
                 must = dotted(path[:2])
     elif kind == "rename":
         keyed = [(p, v) for p, v in all_nodes if isinstance(p[-1], str)]
@@ -158,12 +165,22 @@ def mutated(draw):
         else:
             raw["sweep"], must = {"seed": [0, "one", math.nan]}, "sweep.seed"
         kind = f"nest: {how}"
+    elif kind == "number":  # a number where a number belongs: NaN, infinities and beyond 64 bits are refused
+        numbers = [(p, v) for p, v in all_nodes if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        path, value = draw(st.sampled_from(numbers))
+        new = draw(st.sampled_from(NUMBERS))
+        get(raw, path[:-1])[path[-1]] = new
+        if (isinstance(new, float) and not math.isfinite(new)) or (isinstance(new, int) and abs(new) >= 2**63):
+            must = dotted(path)
+        kind = f"number {new!r} at {dotted(path)}"
     else:  # inject
         leaves = [(p, v) for p, v in all_nodes if not isinstance(v, (dict, list))]
         path, value = draw(st.sampled_from(leaves))
         new = draw(st.sampled_from(WEIRD + NUMBERS))
         get(raw, path[:-1])[path[-1]] = new
-        if numeric_arg(path, value) and (isinstance(new, str) or (isinstance(new, float) and math.isnan(new))):
+        if numeric_arg(path, value) and isinstance(new, str):
+            must = dotted(path)
+        elif (isinstance(new, float) and not math.isfinite(new)) or (isinstance(new, int) and abs(new) >= 2**63):
             must = dotted(path)
         elif len(path) == 3 and path[0] == "stages" and path[2] == "kind" and new not in STAGE_KINDS:
             must = dotted(path)
