@@ -2,7 +2,7 @@
 the next step boundary and stops the run with exit code ``EXIT_PREEMPTED`` (75, EX_TEMPFAIL: "try again");
 the same command run again resumes from that checkpoint.
 
-The signal handler only sets a flag. ``CheckpointCallback`` (added to every Trainer and to PPO) turns it
+The signal handler only sets a flag. ``checkpoint_callback`` (added to every Trainer and to PPO) turns it
 into ``should_save`` + ``should_training_stop`` at the next ``on_step_end`` and raises ``Preempted`` once the
 checkpoint is saved; between stages the runner raises it itself. It also writes each checkpoint's manifest
 (``align.checkpoints``). A second signal acts at once (SIGINT: KeyboardInterrupt; SIGTERM: the default exit).
@@ -30,8 +30,9 @@ def _handler(signum, frame) -> None:
     _received.append(name)
     for sig in SIGNALS:  # the next one acts at once
         signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-    print(f"align: {name} received: saving a checkpoint at the next step boundary, then stopping "
-          f"(send it again to stop at once)", file=sys.stderr, flush=True)
+    # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
+    os.write(2, f"align: {name} received: saving a checkpoint at the next step boundary, then stopping "
+                f"(send it again to stop at once)\n".encode())
 
 
 @contextlib.contextmanager
@@ -82,8 +83,9 @@ def check(stage: str, state=None) -> None:
                         f"finished stages are kept; {resume_hint()}.")
 
 
-def CheckpointCallback(stage: str):  # noqa: N802 (a class built on first use: importing transformers is slow)
-    """Manifest for every checkpoint; on a signal, a checkpoint at the next step boundary, then ``Preempted``."""
+def checkpoint_callback(stage: str):
+    """A ``TrainerCallback``: a manifest for every checkpoint; on a signal, a checkpoint at the next step boundary,
+    then ``Preempted``. Its class is built on first use (importing transformers is slow for ``align --help``)."""
     global _callback_class
     if _callback_class is None:
         from transformers import TrainerCallback
@@ -98,8 +100,12 @@ def CheckpointCallback(stage: str):  # noqa: N802 (a class built on first use: i
                 return control
 
             def on_save(self, args, state, control, **kwargs):
+                import torch.distributed as dist
+
                 from align.checkpoints import MANIFEST, write_manifest
 
+                if dist.is_available() and dist.is_initialized():  # every rank has written its part
+                    dist.barrier()
                 folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
                 if state.is_world_process_zero and os.path.isdir(folder) and \
                         not os.path.exists(os.path.join(folder, MANIFEST)):

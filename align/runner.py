@@ -328,7 +328,7 @@ class StageContext:
         """The newest complete checkpoint of this attempt (incomplete ones set aside, align.checkpoints). Given the
         trainer, it also gets the callback that writes checkpoint manifests and stops cleanly on SIGTERM."""
         if trainer is not None:  # issue 25
-            trainer.add_callback(preemption.CheckpointCallback(self.name))
+            trainer.add_callback(preemption.checkpoint_callback(self.name))
         if not self.out_dir.exists():
             return None
         if self.is_main_process:  # issue 25: the main process sets incomplete checkpoints aside, then all agree

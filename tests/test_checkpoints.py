@@ -112,7 +112,7 @@ def test_a_save_killed_before_its_manifest_is_judged_by_loading_every_file(cut, 
     assert problem(stage / "checkpoint-6") == "trainer_state.json is missing"
 
 
-@pytest.mark.parametrize("name", ["optimizer.pt", "trainer_state.json"])
+@pytest.mark.parametrize("name", ["optimizer.pt"])  # every file: test_each_truncated_file_end_to_end (-m exhaustive)
 def test_a_truncated_checkpoint_is_set_aside_and_the_run_ends_as_an_uninterrupted_one(cut, full, tmp_path, caplog,
                                                                                          name):
     out = copy_of(cut, tmp_path)

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "recipes" / "micro.yaml"
 MICRO_PPO = REPO / "tests" / "recipes" / "micro_ppo.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-PRETRAIN = ["stages.pretrain.args.max_steps=14", "stages.pretrain.args.save_steps=4",
-            "stages.pretrain.args.eval_steps=14"]
+PRETRAIN = ["stages.pretrain.args.max_steps=10", "stages.pretrain.args.save_steps=3",
+            "stages.pretrain.args.eval_steps=10"]
 
 
 def align_run(recipe: Path, out: Path, sets: list[str], only: str) -> subprocess.Popen:
@@ -64,9 +64,9 @@ def test_sigterm_in_a_trainer_stage_saves_exits_75_and_the_rerun_matches_the_uni
 
     out = tmp_path / "cut"
     process = align_run(MICRO, out, PRETRAIN, "tokenizer,pretrain")
-    output = sigterm_after(process, out / "pretrain" / "checkpoint-4" / MANIFEST)
+    output = sigterm_after(process, out / "pretrain" / "checkpoint-3" / MANIFEST)
     assert process.returncode == EXIT_PREEMPTED, output
-    step = preempted_checkpoint(output, out / "pretrain", "pretrain", 4, 14)
+    step = preempted_checkpoint(output, out / "pretrain", "pretrain", 3, 10)
 
     lines: list[str] = []
     caplog.set_level(logging.INFO, logger="align")
@@ -75,7 +75,7 @@ def test_sigterm_in_a_trainer_stage_saves_exits_75_and_the_rerun_matches_the_uni
     assert any("pretrain (pretrain): resuming" in line for line in lines), lines
     assert any(f"resuming pretrain from {out / 'pretrain' / f'checkpoint-{step}'}" in m for m in caplog.messages)
     state = json.loads((out / "pretrain" / "trainer_state.json").read_text())
-    assert state["global_step"] == 14
+    assert state["global_step"] == 10
     assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], rel=1e-4)
 
 
