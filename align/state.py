@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from align.checkpoints import atomic_write_json
 from align.errors import AlignError, suggest
 from align.refs import StageRef, plain
 from align import version
@@ -45,14 +46,13 @@ def read_marker(stage_dir: str | Path) -> dict | None:
     path = Path(stage_dir) / MARKER
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # NotADirectory: output_dir under a file
         return None
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    """Through a fsync'd temporary name and one rename (``align.checkpoints``); a full disk is an AlignError."""
+    atomic_write_json(path, payload)
 
 
 def write_marker(stage_dir: Path, stage: Stage, digest: str, parts: dict, metrics: dict) -> dict:
