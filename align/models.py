@@ -296,6 +296,48 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
     return model, tokenizer
 
 
+# Config keys a stage means to change when it saves: a reward model's head and labels, the float32 master weights,
+# the pad id align sets for batching. Every other value the checkpoint shipped is saved as it shipped.
+INTENDED_CONFIG_CHANGES = frozenset({"architectures", "dtype", "torch_dtype", "num_labels", "id2label", "label2id",
+                                     "problem_type", "pad_token_id", "transformers_version", "_name_or_path",
+                                     "vocab_size"})
+
+
+def shipped_config(source) -> dict | None:
+    """The ``config.json`` of the checkpoint a stage started from (an adapter's base), or None when there is none
+    (a model built from a preset, a hub id not on disk)."""
+    if not isinstance(source, (str, Path)):
+        return None
+    try:
+        folder = Path(base_model_path(source))
+    except AlignError:
+        return None
+    file = folder / "config.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def restore_shipped_config(model, source) -> list[str]:
+    """Put back every scalar config value of ``source``'s checkpoint that training switched, e.g. TRL's SFTTrainer
+    turns ``output_router_logits`` on for a MoE's auxiliary loss, and a model saved with it on fails in the next
+    stage's ``generate``. Returns the keys restored (a training-time setting must not leak into a saved artifact)."""
+    shipped = shipped_config(source)
+    if shipped is None:
+        return []
+    config = model.config
+    current = config.to_dict()
+    restored = []
+    for key, value in shipped.items():
+        if (key in INTENDED_CONFIG_CHANGES or isinstance(value, (dict, list)) or key not in current
+                or current[key] == value):
+            continue
+        setattr(config, key, value)
+        restored.append(key)
+    if restored:
+        log.info("saving the model with the config values its checkpoint shipped (training had changed %s)",
+                 ", ".join(f"{k}={current[k]!r}" for k in restored))
+    return restored
+
+
 # --------------------------------------------------------------------------- QLoRA (bitsandbytes)
 
 

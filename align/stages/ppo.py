@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from align.chat_templates import prepare_chat_template
 from align.errors import AlignError
-from align.models import is_quantized, load_sequence_classifier
+from align.models import is_quantized, load_sequence_classifier, restore_shipped_config
 from align.ppo.sharding import requested_sharding
 from align.stages.grpo import reward_functions
 from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
@@ -82,6 +82,7 @@ def run(ctx) -> dict:
         "eval_score_last": eval_logs[-1]["eval/score"] if eval_logs else None,
         "eval_kl_last": eval_logs[-1]["eval/kl"] if eval_logs else None,
     }
+    restore_shipped_config(trainer.policy, ctx.spec["policy"])
     trainer.save_model(str(ctx.out_dir))  # on every process: sharded weights are gathered first
     if ctx.is_main_process:
         tokenizer.save_pretrained(ctx.out_dir)

@@ -11,7 +11,8 @@ from functools import partial
 
 from align import models
 from align.errors import AlignError
-from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_lora, quantization_config
+from align.models import (fp32_adapters_without_autocast, load_causal_lm, merge_lora, quantization_config,
+                          restore_shipped_config)
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -145,6 +146,8 @@ def run(ctx) -> dict:
     if ctx.is_main_process:
         if ctx.spec.get("merge", True) and hasattr(trainer.model, "merge_and_unload"):
             base = partial(load_causal_lm, ctx.spec["model"], field=ctx.where("model"), training=True)
-            merge_lora(trainer.model, base).save_pretrained(ctx.out_dir / "merged")
+            merged = merge_lora(trainer.model, base)
+            restore_shipped_config(merged, ctx.spec["model"])
+            merged.save_pretrained(ctx.out_dir / "merged")
             tokenizer.save_pretrained(ctx.out_dir / "merged")
     return metrics
