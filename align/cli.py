@@ -141,6 +141,14 @@ LIBRARIES = ("bitsandbytes", "transformers", "trl", "peft", "accelerate", "datas
              "urllib3", "filelock", "huggingface_hub")
 
 
+SURFACED = ("is not a prefix",)  # TRL's words when the tokenized prompt is not where prompt+completion diverges
+
+
+def surfaced_trl_warnings(record: logging.LogRecord) -> bool:
+    """In quiet mode only TRL's errors pass, and its warnings that the trained context is not the sampled one."""
+    return record.levelno >= logging.ERROR or any(words in record.getMessage() for words in SURFACED)
+
+
 def quiet_libraries() -> None:
     """Library warnings a user cannot act on (bitsandbytes' missing CPU kernels, deprecations inside transformers,
     dataset map bars) stay out of align's output; ``--verbose`` shows them."""
@@ -151,6 +159,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars; training bars stay
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
+    trl = logging.getLogger("trl")  # except TRL's warning that it trains a context other than the one sampled
+    trl.setLevel(logging.WARNING)
+    trl.addFilter(surfaced_trl_warnings)
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=rf"({'|'.join(LIBRARIES)})(\..*)?$")
 

@@ -30,6 +30,7 @@ KEYS = {
     "quantization": "4bit or 8bit: QLoRA policy (base in 4/8 bit, LoRA trained; reference = adapter disabled); "
                     "needs lora; the value model stays full precision and fully trained",
     "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
+    "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own)",
     "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
 }
@@ -53,7 +54,8 @@ def run(ctx) -> dict:
     model, tokenizer = load_for_training(ctx, "policy")
     chat = bool(ctx.spec.get("chat", True))
     if chat:
-        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                              context_check=ctx.spec.get("context_check"))
     train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
     evals = ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
     # the reward model keeps its own tokenizer and template: it may be of another family than the policy

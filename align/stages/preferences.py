@@ -26,6 +26,7 @@ KEYS = {
     "generation": "decoding settings: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), batch_size (32)",
     "limit": "use only the first N prompts",
     "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
+    "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own; align's "
                      "default for a model without one)",
 }
@@ -96,7 +97,8 @@ def run(ctx) -> dict:
     tokenizer = load_tokenizer(ctx.spec["policy"], field=ctx.where("policy"))
     chat = bool(ctx.spec.get("chat", True))
     if chat:
-        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                              context_check=ctx.spec.get("context_check"))
     if ctx.is_main_process:
         note_ignored_settings(model, ctx.where("policy"))
 

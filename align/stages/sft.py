@@ -21,6 +21,9 @@ EXPECTED = {"dataset": ("conversational", "prompt_completion"),  # format per da
 MODEL_KEYS = {  # shared by every stage that trains a model
     "chat_template": "a template TRL ships (llama3, qwen2_5, gemma3, phi3, ...), default (align's User:/Assistant:), "
                      "or a .jinja file; default: the model's own, align's default if it has none",
+    "context_check": "warn (default), error or off: whether the token context this stage trains or samples after "
+                     "differs from the one the other stages use (the chat template's generation prompt against the "
+                     "rendered conversation), logged once",
     "dtype": "weights while training: float32 (default: master weights, bf16 autocast where the GPU has it), "
              "bfloat16, float16 or auto (the checkpoint's)",
 }
@@ -76,7 +79,8 @@ def conversation_template(ctx, tokenizer, ds) -> None:
     from align.chat_templates import prepare_chat_template
 
     if len(ds) and is_conversational(ds[0]):
-        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                              context_check=ctx.spec.get("context_check"), row=ds[0])
 
 
 def last_turn_as_completion(ds, where: str):
@@ -99,7 +103,8 @@ def prepare_conversations(ctx, tokenizer, train, evals):
     explicitly then is an error with the choices."""
     from align.chat_templates import assistant_only_template, prepare_chat_template
 
-    prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+    prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                          context_check=ctx.spec.get("context_check"), row=train[0] if len(train) else None)
     user_args = ctx.spec.get("args") or {}
     if not user_args.get("assistant_only_loss", True) or assistant_only_template(tokenizer) is not None:
         return train, evals, {"assistant_only_loss": bool(user_args.get("assistant_only_loss", True))}
