@@ -68,11 +68,13 @@ def resolve_chat_template(value: str, *, where: str) -> str:
                      f"(align's User:/Assistant: template), nor a .jinja file that exists.")
 
 
-def prepare_chat_template(tokenizer, value=None, *, where: str, context_check: str | None = "warn", row=None):
+def prepare_chat_template(tokenizer, value=None, *, where: str, context_check: str | None = "warn", row=None,
+                          generation_prompt: str | None = None):
     """Set the recipe's template on ``tokenizer``, or align's default when it has none; returns the tokenizer.
     Call it only where conversations are rendered: a template-less model trained on plain text stays template-less.
     Then checks, once, that the context the stage trains or samples in is the one the other stages use
-    (``check_context``; ``context_check``: warn, error or off, ``row`` a conversation of the stage's data)."""
+    (``check_context``; ``context_check``: warn, error or off, ``row`` a conversation of the stage's data).
+    ``generation_prompt: trained`` samples after the prompt the trainer uses (``trained_generation_prompt``)."""
     if value == "default":
         tokenizer.chat_template = default_template(tokenizer)
         log.info("%s: using align's default chat template", where)
@@ -84,6 +86,11 @@ def prepare_chat_template(tokenizer, value=None, *, where: str, context_check: s
         log.info("%s: the model has no chat template; conversations use align's default (User:/Assistant: turns "
                  "closed by EOS %r). Set %s to choose another.", where.rsplit(".", 1)[0], tokenizer.eos_token, where)
     stage = where.rsplit(".", 1)[0]
+    if generation_prompt not in (None, *GENERATION_PROMPTS):
+        raise AlignError(f"{stage}.generation_prompt: expected template (the chat template's own) or trained (the "
+                         f"prompt the trainer puts before a reply); got {generation_prompt!r}.")
+    if generation_prompt == "trained":
+        trained_generation_prompt(tokenizer, f"{stage}.generation_prompt")
     check_context(tokenizer, stage, row=row, mode=context_check or "warn")
     return tokenizer
 
@@ -160,6 +167,36 @@ def _why(generation_prompt: str) -> str:
         return ("The generation prompt ends in whitespace that the tokenizer merges into the reply's first token; "
                 "end the generation prompt before the space and let the reply carry it (align's default template does).")
     return "Use a chat template whose generation prompt is the start of the assistant turn it renders."
+
+
+GENERATION_PROMPTS = ("template", "trained")
+SENTINEL = "\u2063ALIGN-REPLY\u2063"  # invisible separators: no template trims or splits on them
+
+
+def trained_generation_prompt(tokenizer, where: str) -> str:
+    """``generation_prompt: trained``: the template, rewritten so its generation prompt is the text the rendered
+    conversation puts before a reply (DeepSeek-R1's ``<｜Assistant｜>``, not ``<｜Assistant｜><think>\n``). The policy is
+    then sampled after exactly the context SFT and DPO trained the reply in; its think block, if any, is sampled
+    as part of the reply. Sets and returns the new template."""
+    prompt = [PROBE[0]]
+    try:
+        before = tokenizer.apply_chat_template(prompt, tokenize=False)
+        full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": SENTINEL}], tokenize=False)
+    except Exception as e:  # noqa: BLE001 -- a template's own exception, e.g. it requires a system message
+        raise AlignError(f"{where}: the chat template cannot render a probe conversation ({e}), so align cannot derive "
+                         f"the prompt it trains replies after; use generation_prompt: template.") from None
+    if SENTINEL not in full or not full.startswith(before):
+        raise AlignError(f"{where}: the chat template does not render the prompt alone as the start of the "
+                         f"conversation, so align cannot derive the prompt it trains replies after; use "
+                         f"generation_prompt: template or a chat_template whose generation prompt fits.")
+    opener = full[len(before):full.index(SENTINEL)]
+    text = tokenizer.chat_template
+    tokenizer.chat_template = ("{%- set align_generation_prompt = add_generation_prompt is defined and add_generation_prompt %}"
+                               "{%- set add_generation_prompt = false %}" + text
+                               + "{%- if align_generation_prompt %}{{ " + repr(opener) + " }}{%- endif %}")
+    log.info("%s: sampling after the prompt the trainer uses (%r) instead of the template's generation prompt",
+             where, opener)
+    return tokenizer.chat_template
 
 
 def probe_conversation(row=None) -> list[dict]:

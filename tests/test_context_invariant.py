@@ -90,3 +90,15 @@ def test_the_check_uses_the_stage_conversation(tokenizers):
     row = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Review a lamp."},
                         {"role": "assistant", "content": "Bright."}]}
     assert check_context(tok, "stages.sft", row=row)
+
+
+def test_generation_prompt_trained_samples_after_what_sft_trains_after():
+    """DeepSeek-R1-Distill: the recipe chooses to sample after '<｜Assistant｜>', the prompt SFT trains replies after."""
+    tok = build_tokenizer("r1_distill")
+    prepare_chat_template(tok, None, where="stages.sft.chat_template", generation_prompt="trained",
+                          context_check="error")
+    prompt = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False).endswith("<｜Assistant｜>")
+    assert context_problems(tok) == []
+    with pytest.raises(AlignError, match="stages.sft.generation_prompt: expected template"):
+        prepare_chat_template(tok, None, where="stages.sft.chat_template", generation_prompt="yes")

@@ -24,6 +24,9 @@ MODEL_KEYS = {  # shared by every stage that trains a model
     "context_check": "warn (default), error or off: whether the token context this stage trains or samples after "
                      "differs from the one the other stages use (the chat template's generation prompt against the "
                      "rendered conversation), logged once",
+    "generation_prompt": "template (default: the chat template's own) or trained: rewrite the saved template so "
+                         "every later stage samples after the prompt SFT trains replies after (for templates that "
+                         "open a think block to sample but strip it from trained replies, e.g. DeepSeek-R1's)",
     "dtype": "weights while training: float32 (default: master weights, bf16 autocast where the GPU has it), "
              "bfloat16, float16 or auto (the checkpoint's)",
 }
@@ -80,7 +83,8 @@ def conversation_template(ctx, tokenizer, ds) -> None:
 
     if len(ds) and is_conversational(ds[0]):
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
-                              context_check=ctx.spec.get("context_check"), row=ds[0])
+                              context_check=ctx.spec.get("context_check"), row=ds[0],
+                              generation_prompt=ctx.spec.get("generation_prompt"))
 
 
 def last_turn_as_completion(ds, where: str):
@@ -104,7 +108,8 @@ def prepare_conversations(ctx, tokenizer, train, evals):
     from align.chat_templates import assistant_only_template, prepare_chat_template
 
     prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
-                          context_check=ctx.spec.get("context_check"), row=train[0] if len(train) else None)
+                          context_check=ctx.spec.get("context_check"), row=train[0] if len(train) else None,
+                          generation_prompt=ctx.spec.get("generation_prompt"))
     user_args = ctx.spec.get("args") or {}
     if not user_args.get("assistant_only_loss", True) or assistant_only_template(tokenizer) is not None:
         return train, evals, {"assistant_only_loss": bool(user_args.get("assistant_only_loss", True))}
