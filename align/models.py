@@ -263,6 +263,20 @@ def _scalar_head_class(config_class):
     return cls
 
 
+def scalar_head_note(path: str | Path) -> str | None:
+    """What align will do for a reward or value model from ``path`` when transformers has no sequence-classification
+    class for its family (``align validate`` says it); None when transformers has one."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(base_model_path(path))
+    if config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        return None
+    name = sequence_classifier_class(config).__name__
+    return (f"transformers has no sequence-classification class for {config.model_type}; align builds the reward/value "
+            f"model from its causal LM's backbone with a scalar score head ({name})")
+
+
 def register_sequence_classifier(path: str | Path) -> None:
     """Make a saved classifier of a family without a transformers class loadable by ``AutoModelForSequenceClassification``."""
     from transformers import AutoConfig

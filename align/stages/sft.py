@@ -149,7 +149,8 @@ def run(ctx) -> dict:
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     fp32_adapters_without_autocast(trainer.model, args)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
-    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
+               "generation_prompt": ctx.spec.get("generation_prompt") or "template"}
     if evals is not None:
         metrics.update(trainer.evaluate())
     ctx.save(trainer, tokenizer)
