@@ -239,3 +239,32 @@ def check_context(tokenizer, where: str, *, row=None, mode: str = "warn") -> lis
             raise AlignError(f"{where}: {problem}")
         log.warning("%s: %s", where, problem)
     return problems
+
+
+def context_findings(path, spec: dict, where: str) -> tuple[list[str], list[str]]:
+    """For ``align validate``: the stage's context check on the model in ``path`` (its tokenizer with the stage's
+    ``chat_template`` and ``generation_prompt``), without training. Returns (problems, notes): a difference is a
+    problem under ``context_check: error``, else a note that the stage will warn."""
+    from align.models import load_tokenizer
+
+    mode = spec.get("context_check") or "warn"
+    if mode not in CONTEXT_CHECK:
+        return [f"{where}.context_check: expected one of {', '.join(CONTEXT_CHECK)}; got {mode!r}."], []
+    if mode == "off":
+        return [], [f"{where}: context check off"]
+    tokenizer = load_tokenizer(path, field=where)
+    value = spec.get("chat_template")
+    if value == "default" or (value is None and tokenizer.chat_template is None):
+        tokenizer.chat_template = default_template(tokenizer)
+    elif value is not None:
+        tokenizer.chat_template = resolve_chat_template(value, where=f"{where}.chat_template")
+    if spec.get("generation_prompt") not in (None, *GENERATION_PROMPTS):
+        return [f"{where}.generation_prompt: expected template or trained; got {spec['generation_prompt']!r}."], []
+    if spec.get("generation_prompt") == "trained":
+        trained_generation_prompt(tokenizer, f"{where}.generation_prompt")
+    problems = context_problems(tokenizer)
+    if not problems:
+        return [], [f"{where}: one context: replies are trained after exactly the tokens the policy is sampled after"]
+    if mode == "error":
+        return [f"{where}: {p}" for p in problems], []
+    return [], [f"{where}: the stage will warn: {p}" for p in problems]

@@ -346,6 +346,7 @@ class Checker:
             for check in (self.stage_keys, self.args, self.training_keys):  # one failing check stops no other
                 self.attempt(where, check, stage, module, where)
             self.attempt(where, self.models, stage, where)
+            self.attempt(where, self.model_findings, stage, module, where)
             for key in getattr(module, "DATASET_KEYS", ()):
                 if key in stage.spec:
                     self.attempt(f"{where}.{key}", self.dataset, stage, module, key)
@@ -449,6 +450,26 @@ class Checker:
             if reference not in policies:
                 self.problem(f"{where}.reference: {reference!r} is not one of the policies "
                              f"({', '.join(policies)}).{suggest(reference, policies)}")
+
+    def model_findings(self, stage: Stage, module, where: str) -> None:
+        """What the stage will do with the models it names that exist already (its declared ``model_findings``)."""
+        from align.models import resolve_model_path
+        from align.runner import read_marker
+
+        own = getattr(module, "model_findings", None)
+        if own is None:
+            return
+        for key in MODEL_KEYS:
+            value = stage.spec.get(key)
+            if not isinstance(value, str) or (isinstance(value, StageRef) and read_marker(value) is None):
+                continue
+            if not isinstance(value, StageRef) and not Path(value).expanduser().is_dir():
+                continue
+            problems, notes = own(stage.spec, key, resolve_model_path(value, field=f"{where}.{key}"), where)
+            for message in problems:
+                self.problem(message)
+            for text in notes:
+                self.note(text)
 
     def model(self, value, where: str, *, files=MODEL_FILES, what: str = "model") -> None:
         from align.runner import read_marker

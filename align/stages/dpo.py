@@ -24,6 +24,12 @@ KEYS = {
 }
 
 
+def model_findings(spec, key, path, where):
+    from align.stages.sft import model_findings as findings
+
+    return findings(spec, key, path, where, classifier_keys=())
+
+
 def config_class():
     from trl import DPOConfig
 

@@ -36,6 +36,12 @@ KEYS = {
 }
 
 
+def model_findings(spec, key, path, where):
+    from align.stages.sft import model_findings as findings
+
+    return findings(spec, key, path, where, classifier_keys=("policy",))
+
+
 def config_class():
     from align.ppo import PPOConfig
 

@@ -75,6 +75,12 @@ def describe(pairs: list[dict], n_prompts: int, k: int) -> str:
             f"mean rejected score {statistics.fmean(p['rejected_score'] for p in pairs):.3f}.")
 
 
+def model_findings(spec, key, path, where):
+    from align.stages.sft import model_findings as findings
+
+    return findings(spec, key, path, where)
+
+
 def run(ctx) -> dict:
     import datasets
 

@@ -26,6 +26,12 @@ PREFERENCE_FORMATS = ("preference", "implicit_preference")
 EXPECTED = {"dataset": PREFERENCE_FORMATS, "eval_dataset": PREFERENCE_FORMATS}  # format per dataset key
 
 
+def model_findings(spec, key, path, where):
+    from align.stages.sft import model_findings as findings
+
+    return findings(spec, key, path, where, classifier_keys=("model",))
+
+
 def config_class():
     from trl import RewardConfig
 

@@ -50,6 +50,22 @@ def config_class():
     return SFTConfig
 
 
+def model_findings(spec: dict, key: str, path: str, where: str, *, classifier_keys=()) -> tuple[list[str], list[str]]:
+    """For ``align validate``: whether the model named by ``key`` (already on disk at ``path``) trains replies after the
+    context it is sampled after, and, for a key a reward or value model is built from, the scalar head a family
+    without a sequence-classification class gets. (problems, notes)"""
+    from align.chat_templates import context_findings
+    from align.models import scalar_head_note
+
+    problems, notes = [], []
+    if key in ("model", "policy"):
+        problems, notes = context_findings(path, spec, where)
+    if key in classifier_keys:
+        note = scalar_head_note(path)
+        notes += [f"{where}.{key}: {note}"] if note else []
+    return problems, notes
+
+
 def lora_config(spec, where: str, task_type: str = "CAUSAL_LM"):
     """A peft LoraConfig from the recipe's ``lora:`` (None for full fine-tuning); ``true`` takes the defaults."""
     from peft import LoraConfig
