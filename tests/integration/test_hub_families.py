@@ -214,3 +214,21 @@ def test_generate_command(family_run, capsys):
 
     assert main(["generate", str(family_run["out"] / "dpo"), "--prompt", "Review a lamp.", "--max-new-tokens", "6"]) == 0
     assert "### response" in capsys.readouterr().out
+
+
+def test_every_stage_output_keeps_the_shipped_config_and_samples(family_run):
+    """Each model a stage saved has the config the checkpoint shipped (what the stage means to change aside: float32
+    weights, a pad id) and loads and samples like the checkpoint (issue 22: a MoE's router logits leaked)."""
+    from align.eval.generation import generate
+    from align.models import INTENDED_CONFIG_CHANGES, load_causal_lm, load_tokenizer, model_folder
+
+    shipped = json.loads((family_run["replica"] / "config.json").read_text())
+    for stage in ("sft", "sft_full", "dpo", "ppo", "grpo"):
+        folder = model_folder(family_run["out"] / stage)
+        if (folder / "config.json").exists():
+            saved = json.loads((folder / "config.json").read_text())
+            changed = {k for k, v in shipped.items()
+                       if k not in INTENDED_CONFIG_CHANGES and not isinstance(v, dict) and saved.get(k) != v}
+            assert not changed, (stage, {k: (shipped[k], saved.get(k)) for k in changed})
+        model, tok = load_causal_lm(folder), load_tokenizer(folder)
+        assert generate(model, tok, ["Review a lamp."], max_new_tokens=3, seed=0) is not None
