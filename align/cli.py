@@ -142,6 +142,7 @@ LIBRARIES = ("bitsandbytes", "transformers", "trl", "peft", "accelerate", "datas
 
 
 SURFACED = ("is not a prefix",)  # TRL's words when the tokenized prompt is not where prompt+completion diverges
+SURFACING = ("trl.trainer.sft_trainer", "trl.trainer.dpo_trainer", "trl.trainer.kto_trainer")  # loggers that say it
 
 
 def surfaced_trl_warnings(record: logging.LogRecord) -> bool:
@@ -159,9 +160,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars; training bars stay
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
-    trl = logging.getLogger("trl")  # except TRL's warning that it trains a context other than the one sampled
-    trl.setLevel(logging.WARNING)
-    trl.addFilter(surfaced_trl_warnings)
+    for name in SURFACING:  # except TRL's warning that it trains a context other than the one sampled
+        trainer = logging.getLogger(name)  # (a logger's filters see only its own records: set on the emitters)
+        trainer.setLevel(logging.WARNING)
+        if surfaced_trl_warnings not in trainer.filters:
+            trainer.addFilter(surfaced_trl_warnings)
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=rf"({'|'.join(LIBRARIES)})(\..*)?$")
 

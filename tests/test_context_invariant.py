@@ -102,3 +102,22 @@ def test_generation_prompt_trained_samples_after_what_sft_trains_after():
     assert context_problems(tok) == []
     with pytest.raises(AlignError, match="stages.sft.generation_prompt: expected template"):
         prepare_chat_template(tok, None, where="stages.sft.chat_template", generation_prompt="yes")
+
+
+def test_quiet_mode_lets_trl_prefix_warnings_through(caplog):
+    from align.cli import quiet_libraries
+
+    names = ("trl", "trl.trainer.sft_trainer", "trl.trainer.dpo_trainer", "trl.trainer.kto_trainer")
+    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).filters)) for n in names}
+    try:
+        quiet_libraries()
+        for name in ("trl.trainer.sft_trainer", "trl.trainer.grpo_trainer"):
+            logging.getLogger(name).warning("The tokenized prompt is not a prefix of the tokenized prompt+completion")
+            logging.getLogger(name).warning("some deprecation nobody can act on")
+        messages = [(r.name, r.getMessage()) for r in caplog.records if r.name.startswith("trl")]
+    finally:
+        for name, (level, filters) in saved.items():
+            logging.getLogger(name).setLevel(level)
+            logging.getLogger(name).filters = filters
+    assert messages == [("trl.trainer.sft_trainer", "The tokenized prompt is not a prefix of the tokenized "
+                                                    "prompt+completion")]
