@@ -24,9 +24,6 @@ MODEL_KEYS = {  # shared by every stage that trains a model
     "context_check": "warn (default), error or off: whether the token context this stage trains or samples after "
                      "differs from the one the other stages use (the chat template's generation prompt against the "
                      "rendered conversation), logged once",
-    "generation_prompt": "template (default: the chat template's own) or trained: rewrite the saved template so "
-                         "every later stage samples after the prompt SFT trains replies after (for templates that "
-                         "open a think block to sample but strip it from trained replies, e.g. DeepSeek-R1's)",
     "dtype": "weights while training: float32 (default: master weights, bf16 autocast where the GPU has it), "
              "bfloat16, float16 or auto (the checkpoint's)",
 }
@@ -39,6 +36,9 @@ KEYS = {
     "merge": "also save the adapter merged into the base under merged/, which later stages load (default true); "
              "after QLoRA it is merged into the full-precision base, so merged/ is a normal float model",
     **MODEL_KEYS,
+    "generation_prompt": "template (default: the chat template's own) or trained: rewrite the saved template so "
+                         "every later stage samples after the prompt SFT trains replies after (for templates that "
+                         "open a think block to sample but strip it from trained replies, e.g. DeepSeek-R1's)",
 }
 log = logging.getLogger("align")
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
@@ -91,7 +91,7 @@ def load_for_training(ctx, key: str = "model", *, classifier: bool = False):
                                     dtype=ctx.spec.get("dtype"))
 
 
-def conversation_template(ctx, tokenizer, ds) -> None:
+def conversation_template(ctx, tokenizer, ds, *, generation_prompt=None) -> None:
     """Conversational data is rendered with the recipe's ``chat_template:``, the model's own, or align's default."""
     from trl.data_utils import is_conversational
 
@@ -100,7 +100,7 @@ def conversation_template(ctx, tokenizer, ds) -> None:
     if len(ds) and is_conversational(ds[0]):
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
                               context_check=ctx.spec.get("context_check"), row=ds[0],
-                              generation_prompt=ctx.spec.get("generation_prompt"))
+                              generation_prompt=generation_prompt)
 
 
 def last_turn_as_completion(ds, where: str):
@@ -154,7 +154,7 @@ def run(ctx) -> dict:
     if "messages" in train.column_names:
         train, evals, loss = prepare_conversations(ctx, tokenizer, train, evals)
     else:
-        conversation_template(ctx, tokenizer, train)
+        conversation_template(ctx, tokenizer, train, generation_prompt=ctx.spec.get("generation_prompt"))
     args = ctx.config(
         config_class(),
         learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
