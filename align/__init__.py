@@ -1,6 +1,6 @@
 """align: pretrain, SFT, RLHF (PPO) and DPO side by side on the Hugging Face stack."""
 
-__version__ = "0.1.0"
+from align.version import __version__  # noqa: F401
 
 
 def __getattr__(name):

@@ -28,7 +28,7 @@ def cmd_run(args) -> int:
     for recipe in recipes:
         if recipe.variant:
             print(f"align: run {recipe.variant} of {len(recipes)} -> {recipe.output_dir}")
-        results = run_recipe(recipe, only=only, from_stage=args.from_stage, force=args.force)
+        results = run_recipe(recipe, only=only, from_stage=args.from_stage, force=args.force, checked=True)
         finished.append((recipe, results))
     from accelerate import PartialState
 

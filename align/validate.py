@@ -1,17 +1,17 @@
 """``align validate``: a dry run of a recipe. It trains nothing, writes nothing and takes seconds.
 
-Beyond resolving the stage graph (``align.recipe``), it does what each stage would do first:
+It holds no stage knowledge of its own: it prints the plan ``align run`` would execute
+(``align.state.plan``), runs each stage kind's own checks (``StageKind.check``: key types, options,
+``args:``, LoRA and the other training keys, the kind's own rules) and then what each stage would
+do first, with the real loaders:
 
 - **datasets**: loads every dataset that exists before the run (files, builtins, stage outputs already
   made; hub datasets when the hub is reachable, their first rows only) and checks its format against
-  what the stage reading it expects (each stage module's ``EXPECTED``) and every row, as the stage will;
-- **judges** and ``map:`` functions: imports them, and calls each function judge on one example,
-  checking it returns one number per response; malformed judge specs are errors;
-- **models**: folders named directly must exist and hold a config; a hub id is noted, not checked;
-- **stage keys**: ``args:`` values against the types of the stage's config dataclass, ``lora:`` by
-  building a ``peft.LoraConfig``, ``quantization``, ``dtype``, ``chat_template``, ``generation``;
-- **plan**: for each stage, whether it is cached (its marker holds the same spec hash) or will run,
-  and why in a word.
+  what the stage reading it expects (the kind's ``expected``) and every row, as the stage will;
+- **judges** and ``map:`` functions: checks each judge spec (``judge_factory.judge_problems``), imports
+  functions and calls each function judge on one example, checking it returns one number per response;
+- **models**: folders the stage loads (``StageKind.models``) must exist and hold a model; a hub id is
+  noted, not checked.
 
 Every problem is one paragraph naming the field or the row; all are collected, not just the first.
 ``check_recipe`` is the function ``align run`` calls before training.
@@ -20,58 +20,27 @@ Every problem is one paragraph naming the field or the row; all are collected, n
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
-import inspect
 import json
 import os
-import re
-import string
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from align.errors import AlignError
 from align.models import MODEL_FILES, looks_like_hub_id, model_folder
-from align.recipe import Recipe, Stage, StageRef, suggest
+from align.recipe import Recipe, Stage
+from align.refs import StageRef
+from align.state import PlanStep, plan, read_marker
 
 EXAMPLE_PROMPT = "Write a review of the Zenmor X2 blender."
 EXAMPLE_RESPONSES = ("The Zenmor X2 blender is quiet and sturdy; it makes a smooth smoothie every morning.",
                      "It broke after a week.")
 BUILTIN_ROWS_CHECKED = 20_000  # a builtin split larger than this is checked on its first rows (same generator)
 HUB_ROWS_CHECKED = 200  # hub datasets are streamed: their first rows are checked, nothing is downloaded in full
-MODEL_KEYS = ("model", "policy", "reward")  # stage keys naming a model to load
-TOKENIZER_FILES = ("tokenizer_config.json",)
-LORA_ALIASES = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
-                "target": "target_modules", "modules": "target_modules"}  # names other libraries use
-SCALAR_KEYS = {  # stage keys the stages convert with int()/float()/bool(): the value must be of that kind
-    "vocab_size": int, "min_frequency": int, "block_size": int, "eval_fraction": float, "samples_per_prompt": int,
-    "min_score_gap": float, "limit": int, "n_bootstrap": int, "samples": int, "merge": bool, "chat": bool,
-    "text_column": str, "title": str, "reference": str, "trajectory_judge": str,
-}
+FILES = {"model": MODEL_FILES, "tokenizer": ("tokenizer_config.json",)}  # what a folder of each must hold
 
 
 # ---------------------------------------------------------------- results
-
-@dataclass
-class PlanStep:
-    """One stage of the plan: ``action`` is cached, run or skip; ``reason`` says why in a word."""
-
-    stage: str
-    kind: str
-    deps: list[str]
-    action: str
-    reason: str
-    out_dir: Path
-
-    def line(self) -> str:
-        deps = f" (after {', '.join(self.deps)})" if self.deps else ""
-        status = {"cached": "cached, skipped", "run": f"will run ({self.reason})",
-                  "skip": f"not selected ({self.reason})"}[self.action]
-        return f"{self.stage}: {self.kind}{deps}: {status}"
-
 
 @dataclass
 class Validation:
@@ -164,143 +133,6 @@ def quiet_progress_bars():
             datasets.enable_progress_bars()
 
 
-# ---------------------------------------------------------------- the plan
-
-def plan(recipe: Recipe, *, only=None, from_stage=None, force=False, problems: list[str] | None = None) -> list[PlanStep]:
-    """Each stage: cached (marker with the same spec hash) or run, and why: new, changed, resume, upstream, forced."""
-    from align import runner
-
-    names = list(recipe.stages)
-    selected = set(names)
-    if only:
-        selected = set(only)
-    elif from_stage:
-        selected = set(names[names.index(from_stage):]) if from_stage in names else set()
-    started_name = getattr(runner, "STARTED", ".align_started.json")
-    steps, will_run = [], set()
-    for stage in recipe.stages.values():
-        marker = runner.read_marker(stage.out_dir)
-        try:
-            digest = runner.spec_hash(recipe, stage)
-        except Exception:  # noqa: BLE001 -- an input that cannot be fingerprinted: the checks below say why
-            digest = None
-        same = bool(marker and digest and marker.get("spec_hash") == digest)
-        if stage.name not in selected:
-            steps.append(PlanStep(stage.name, stage.kind, stage.deps, "skip", "cached" if same else
-                                  "finished earlier" if marker else "not run yet", stage.out_dir))
-            continue
-        missing = [d for d in stage.deps if d not in will_run and runner.read_marker(recipe.stages[d].out_dir) is None]
-        if missing and problems is not None:
-            problems.append(f"stage {stage.name} needs {', '.join(missing)} to have finished; run them first "
-                            f"(drop --only, or add them to it).")
-        if force or stage.name == from_stage:
-            reason = "forced"
-        elif not marker:  # never finished: an interrupted attempt with the same spec resumes from its checkpoint
-            try:
-                started = json.loads((stage.out_dir / started_name).read_text())
-                resumes = digest is not None and started.get("spec_hash") == digest
-            except (OSError, ValueError, AttributeError):
-                resumes = False
-            reason = "resume" if resumes else "new"
-        elif any(d in will_run for d in stage.deps):
-            reason = "upstream"  # an input is made again first, so this stage's inputs change
-        else:
-            reason = None if same else "changed"
-        if reason:
-            will_run.add(stage.name)
-        steps.append(PlanStep(stage.name, stage.kind, stage.deps, "run" if reason else "cached", reason or "", stage.out_dir))
-    return steps
-
-
-# ---------------------------------------------------------------- types of args / lora fields
-
-def type_hints(cls) -> dict:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001 -- unresolvable annotations: check what resolves
-        return {f.name: f.type for f in dataclasses.fields(cls) if not isinstance(f.type, str)}
-
-
-def is_union(tp) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType)
-
-
-def enum_values(tp) -> list:
-    return [e.value for e in tp]
-
-
-def matches(value, tp) -> bool:
-    """Whether a YAML value fits a dataclass field annotation (lenient where the annotation is exotic)."""
-    if tp in (typing.Any, object) or isinstance(tp, (str, typing.TypeVar)):
-        return True
-    if tp is type(None) or tp is None:
-        return value is None
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if is_union(tp):
-        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums and isinstance(value, str):  # `SchedulerType | str`: the string must name a member
-            return any(value in enum_values(e) for e in enums)
-        return any(matches(value, a) for a in args)
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return isinstance(value, tp) or value in enum_values(tp)
-    if origin in (list, tuple, set, frozenset) or tp in (list, tuple, set):
-        if not isinstance(value, (list, tuple)):  # libraries take a single item for a list (loss_type: sigmoid)
-            return bool(args) and args[-1] is not Ellipsis and matches(value, args[0])
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(matches(v, a) for v, a in zip(value, args))
-        return not args or all(matches(v, args[0]) for v in value)
-    if origin is dict or tp is dict:
-        return isinstance(value, dict)
-    return True  # another class (e.g. a nested config object): its own constructor judges
-
-
-def describe_type(tp) -> str:
-    if tp is type(None) or tp is None:
-        return "null"
-    if is_union(tp):
-        args = typing.get_args(tp)
-        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums:
-            return "one of " + ", ".join(str(v) for e in enums for v in enum_values(e))
-        return " or ".join(describe_type(a) for a in args)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (list, tuple, set) and args:
-        return f"a list of {describe_type(args[0])}"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(str(v) for v in enum_values(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def field_problems(values: dict, cls, where: str, *, unknown: bool, aliases: dict | None = None) -> list[str]:
-    """Each value of ``values`` against ``cls``'s field annotation; with ``unknown`` also keys it lacks."""
-    hints = type_hints(cls)
-    valid = {f.name for f in dataclasses.fields(cls)}
-    problems = []
-    for key, value in values.items():
-        if key not in valid:
-            if unknown:
-                hint = f" Did you mean {aliases[key]!r}?" if key in (aliases or {}) else suggest(key, valid)
-                problems.append(f"{where}.{key}: not a field of {cls.__name__}.{hint}")
-            continue
-        tp = hints.get(key)
-        if tp is not None and not matches(value, tp):
-            problems.append(f"{where}.{key}: expected {describe_type(tp)} ({cls.__name__}.{key}), got {value!r} "
-                            f"({type(value).__name__}).")
-    return problems
-
-
 # ---------------------------------------------------------------- the checks
 
 class Checker:
@@ -337,143 +169,31 @@ class Checker:
 
     # -- driver
     def run(self, stages: list[Stage], *, all_judges: bool) -> None:
-        from align.stages import stage_module
+        from align.stages import stage_kind
 
         judges: dict[str, list[str]] = {}  # judge -> stages using it
         for stage in stages:
-            module = stage_module(stage.kind)
+            kind = stage_kind(stage.kind)
             where = f"stages.{stage.name}"
-            for check in (self.stage_keys, self.args, self.training_keys):  # one failing check stops no other
-                self.attempt(where, check, stage, module, where)
-            self.attempt(where, self.models, stage, where)
-            self.attempt(where, self.model_findings, stage, module, where)
-            for key in getattr(module, "DATASET_KEYS", ()):
+            for message in self.attempt(where, kind.check, stage.spec, where) or []:
+                self.problem(message)
+            for key, (value, what) in (self.attempt(where, kind.model_refs, stage.spec) or {}).items():
+                self.model(value, f"{where}.{key}", files=FILES[what], what=what)
+                if what == "model":
+                    self.attempt(f"{where}.{key}", self.model_findings, kind, stage, key, value, where)
+            for key in kind.dataset_keys:
                 if key in stage.spec:
-                    self.attempt(f"{where}.{key}", self.dataset, stage, module, key)
-            for key in getattr(module, "JUDGE_KEYS", ()):
-                names = stage.spec.get(key) or []
-                for name in names if isinstance(names, list) else [names]:
-                    judges.setdefault(name, []).append(stage.name)
+                    self.attempt(f"{where}.{key}", self.dataset, stage, kind, key)
+            for name in kind.judge_names(stage.spec):
+                judges.setdefault(name, []).append(stage.name)
         if all_judges:
             for name in self.recipe.judges:
                 judges.setdefault(name, [])
         for name, users in judges.items():
             self.attempt(f"judges.{name}", self.judge, name, self.recipe.judges[name], users)
 
-    # -- stage keys
-    def stage_keys(self, stage: Stage, module, where: str) -> None:
-        for key, kind in SCALAR_KEYS.items():
-            if key in stage.spec and key in getattr(module, "KEYS", {}):
-                value = stage.spec[key]
-                if value is not None and not matches(value, kind):
-                    self.problem(f"{where}.{key}: expected {kind.__name__}, got {value!r} ({type(value).__name__}). "
-                                 f"{module.KEYS[key]}.")
-        defaults = getattr(module, "GENERATION_DEFAULTS", None)
-        if defaults is not None and "generation" in stage.spec:
-            gen = stage.spec["generation"]
-            if not isinstance(gen, dict):
-                self.problem(f"{where}.generation: expected a mapping with keys among {sorted(defaults)}, got {gen!r}.")
-            else:
-                for key, value in gen.items():
-                    if key not in defaults:
-                        self.problem(f"{where}.generation.{key}: unknown key.{suggest(key, defaults)} "
-                                     f"Valid: {', '.join(sorted(defaults))}.")
-                    elif not matches(value, type(defaults[key])):
-                        self.problem(f"{where}.generation.{key}: expected {type(defaults[key]).__name__} "
-                                     f"(default {defaults[key]!r}), got {value!r} ({type(value).__name__}).")
-
-    def args(self, stage: Stage, module, where: str) -> None:
-        args = stage.spec.get("args")
-        if not isinstance(args, dict) or not hasattr(module, "config_class"):
-            return  # build_recipe has refused anything else
-        for message in field_problems(args, module.config_class(), f"{where}.args", unknown=False):
-            self.problem(message)
-
-    def training_keys(self, stage: Stage, module, where: str) -> None:
-        keys = getattr(module, "KEYS", {})
-        classifier = stage.kind == "reward"  # LoRA only when given; elsewhere on unless `lora: false`
-        for key in ("lora", "value_lora"):
-            value = stage.spec.get(key) if key in keys else None
-            if value is not None and value is not False and not (key == "value_lora" and value is True):
-                self.lora(value, f"{where}.{key}")
-        if "quantization" in keys and stage.spec.get("quantization") not in (None, False):
-            from align.models import quantization_config
-
-            lora_on = bool(stage.spec.get("lora")) if classifier else stage.spec.get("lora") is not False
-            self.attempt(f"{where}.quantization", quantization_config, stage.spec["quantization"], lora=lora_on,
-                         where=f"{where}.quantization")
-        if "dtype" in keys and stage.spec.get("dtype") is not None:
-            from align.models import resolve_dtype
-
-            self.attempt(f"{where}.dtype", resolve_dtype, stage.spec["dtype"], training=True, field=f"{where}.dtype")
-        template = stage.spec.get("chat_template")
-        if "chat_template" in keys and template not in (None, "default"):
-            from align.chat_templates import resolve_chat_template
-
-            self.attempt(f"{where}.chat_template", resolve_chat_template, template, where=f"{where}.chat_template")
-
-    def lora(self, lora, where: str) -> None:
-        from peft import LoraConfig
-
-        from align.stages.sft import lora_config
-
-        if not isinstance(lora, dict):
-            self.problem(f"{where}: expected LoraConfig fields (r, lora_alpha, target_modules, ...) or false, got {lora!r}.")
-            return
-        problems = field_problems(lora, LoraConfig, where, unknown=True, aliases=LORA_ALIASES)
-        for message in problems:
-            self.problem(message)
-        if not problems:  # the fields are right: LoraConfig's own checks of their values
-            self.attempt(where, lora_config, lora, where)
-
     # -- models
-    def models(self, stage: Stage, where: str) -> None:
-        spec = stage.spec
-        for key in MODEL_KEYS:
-            if key not in spec:
-                continue
-            if key == "model" and stage.kind == "pretrain" and isinstance(spec[key], dict):
-                self.model_preset(spec[key], f"{where}.model")
-            elif not (stage.kind == "pretrain" and key == "model" and spec[key] is None):
-                self.model(spec[key], f"{where}.{key}")
-        if "tokenizer" in spec:
-            self.model(spec["tokenizer"], f"{where}.tokenizer", files=TOKENIZER_FILES, what="tokenizer")
-        if stage.kind == "evaluate":
-            policies = spec.get("policies")
-            if not isinstance(policies, dict) or not policies:
-                self.problem(f"{where}.policies: expected a mapping of names to policies, e.g. "
-                             f"{{sft: ${{stages.sft}}, dpo: ${{stages.dpo}}}}; got {policies!r}.")
-                return
-            for name, path in policies.items():
-                self.model(path, f"{where}.policies.{name}")
-            reference = spec.get("reference", next(iter(policies)))
-            if reference not in policies:
-                self.problem(f"{where}.reference: {reference!r} is not one of the policies "
-                             f"({', '.join(policies)}).{suggest(reference, policies)}")
-
-    def model_findings(self, stage: Stage, module, where: str) -> None:
-        """What the stage will do with the models it names that exist already (its declared ``model_findings``)."""
-        from align.models import resolve_model_path
-        from align.runner import read_marker
-
-        own = getattr(module, "model_findings", None)
-        if own is None:
-            return
-        for key in MODEL_KEYS:
-            value = stage.spec.get(key)
-            if not isinstance(value, str) or (isinstance(value, StageRef) and read_marker(value) is None):
-                continue
-            if not isinstance(value, StageRef) and not Path(value).expanduser().is_dir():
-                continue
-            problems, notes = own(stage.spec, key, resolve_model_path(value, field=f"{where}.{key}"), where)
-            for message in problems:
-                self.problem(message)
-            for text in notes:
-                self.note(text)
-
     def model(self, value, where: str, *, files=MODEL_FILES, what: str = "model") -> None:
-        from align.runner import read_marker
-
         if isinstance(value, StageRef):
             if read_marker(value) is None:
                 return  # made by the run; the plan says when
@@ -501,39 +221,33 @@ class Checker:
         self.problem(f"{where}: {value} does not exist (relative paths are relative to the working directory, "
                      f"{Path.cwd()}). Give a stage reference like ${{stages.sft}}, a local {what} folder or a hub id.")
 
-    def model_preset(self, spec: dict, where: str) -> None:
-        from transformers import LlamaConfig
-
-        from align.models import llama_config
-
-        valid = set(inspect.signature(LlamaConfig.__init__).parameters) - {"self", "kwargs"} | {"preset"}
-        unknown = [k for k in spec if k not in valid]
-        for key in unknown:
-            self.problem(f"{where}.{key}: not a LlamaConfig field.{suggest(key, valid)}")
-        if not unknown:  # the vocabulary comes from the tokenizer stage; any size shows bad shapes
-            self.attempt(where, llama_config, spec, StubTokenizer(), field=where)
+    def model_findings(self, kind, stage: Stage, key: str, value, where: str) -> None:
+        """What the stage will do with a model that exists already (its declared ``model_findings``): the context
+        its replies are trained and sampled in, the scalar head of a family without a classification class."""
+        path = Path(value) if isinstance(value, (str, StageRef)) else None
+        if path is None or (isinstance(value, StageRef) and read_marker(value) is None):
+            return
+        folder = model_folder(path.expanduser())
+        if folder is None:
+            return
+        problems, notes = kind.model_findings(stage.spec, key, str(folder), where)
+        for message in problems:
+            self.problem(message)
+        for text in notes:
+            self.note(text)
 
     # -- datasets
-    def dataset(self, stage: Stage, module, key: str) -> None:
+    def dataset(self, stage: Stage, kind, key: str) -> None:
         from align.data import validate_dataset
-        from align.runner import plain, read_marker
+        from align.functions import import_function
 
         value = stage.spec[key]
-        if isinstance(value, StageRef):
-            name, spec = value.stage, {"stage_dir": str(value)}
-        elif isinstance(value, str):
-            name, spec = value, self.recipe.datasets[value]
-        else:
-            name, spec = key, value
-        spec = plain(spec)
+        name, spec = self.recipe.dataset_spec(stage, key)
         where = f"stages.{stage.name}.{key} ({name})" if name != key else f"stages.{stage.name}.{key}"
         label = f"datasets.{name}" if isinstance(value, str) and not isinstance(value, StageRef) else where
-        expected = getattr(module, "EXPECTED", {}).get(key)
-        if spec.get("map"):
-            from align.data.loading import import_function
-
-            if self.attempt(f"{label}.map", import_function, spec["map"], f"{label}.map") is None:
-                return  # loading would only fail on the same import
+        expected = kind.expected.get(key)
+        if spec.get("map") and self.attempt(f"{label}.map", import_function, spec["map"], f"{label}.map") is None:
+            return  # loading would only fail on the same import
         if "stage_dir" in spec and read_marker(spec["stage_dir"]) is None and self.made_by_run(spec["stage_dir"]):
             self.skip(f"{where}: made by stage {Path(spec['stage_dir']).name} during the run; checked when it runs")
             return
@@ -551,11 +265,7 @@ class Checker:
         fmt = self.attempt(where, validate_dataset, ds, name=where, expected=expected)
         if fmt is None:
             return
-        if stage.kind == "tokenizer":
-            column = stage.spec.get("text_column") or ("text" if "text" in ds.column_names else "messages")
-            if column not in ds.column_names:
-                self.problem(f"stages.{stage.name}.text_column: {where} has no column {column!r}; its columns are "
-                             f"{ds.column_names}.")
+        self.attempt(where, kind.check_dataset, stage.spec, key, ds, f"stages.{stage.name}", where)
         dropped = getattr(ds, "align_dropped", None)
         drop_note = (f"; {plural(dropped.dropped, 'invalid row')} will be dropped ("
                      + "; ".join(f"{n:,} x {r}" for r, n in dropped.counts.items()) + ")"
@@ -606,86 +316,40 @@ class Checker:
 
     # -- judges
     def judge(self, name: str, spec, users: list[str]) -> None:
-        from align.eval.judges import JUDGE_OPTIONS
+        from align.eval.judge_factory import MODEL_KINDS, judge_kind, judge_problems
 
         where = f"judges.{name}"
-        kinds = [k for k in JUDGE_OPTIONS if isinstance(spec, dict) and k in spec]
-        if len(kinds) != 1:
-            self.problem(f"{where}: expected exactly one of {', '.join(JUDGE_OPTIONS)}, e.g. "
-                         f"{{function: align.data.builtin:gold_judge}}, {{reward_model: ${{stages.reward}}}} or "
-                         f"{{llm: path/to/model}}; got {spec!r}.")
+        problems = judge_problems(spec, where)
+        for message in problems:
+            self.problem(message)
+        try:
+            kind = judge_kind(spec, where)
+        except AlignError:
             return
-        kind = kinds[0]
-        valid = (kind, *JUDGE_OPTIONS[kind])
-        bad = False
-        for key in spec:
-            if key not in valid:
-                self.problem(f"{where}.{key}: a {kind} judge has no option {key!r}.{suggest(key, valid)} "
-                             f"Valid: {', '.join(valid)}.")
-                bad = True
-        checks = {"tie_tolerance": float, "batch_size": int, "reference": str, "template": str}
-        for key, kind_type in checks.items():
-            if key in spec and not matches(spec[key], kind_type):
-                self.problem(f"{where}.{key}: expected {kind_type.__name__}, got {spec[key]!r}.")
-                bad = True
-        if isinstance(spec.get("template"), str):
-            try:
-                fields = {f for _, f, _, _ in string.Formatter().parse(spec["template"]) if f is not None}
-            except ValueError as e:
-                fields = {f"unreadable: {e}"}
-            if fields != {"prompt", "response_a", "response_b"}:
-                self.problem(f"{where}.template: must use exactly the fields {{prompt}}, {{response_a}} and "
-                             f"{{response_b}} (write literal braces as {{{{ }}}}); it uses {sorted(fields) or 'none'}.")
-                bad = True
         target = spec[kind]
-        if kind == "function":
-            if bad:
-                return
-            self.function_judge(name, spec, users)
-        elif kind not in ("reward_model", "llm"):  # a judge behind a service (e.g. openai): its spec only
-            self.service_judge(name, kind, spec)
-        elif isinstance(target, StageRef):
-            from align.runner import read_marker
-
-            if read_marker(target) is None:
+        if kind in MODEL_KINDS:  # a model: checked like a stage's
+            if isinstance(target, StageRef) and read_marker(target) is None:
                 self.skip(f"{where}: {kind.replace('_', ' ')} made by stage {target.stage}; loaded when it has run")
             else:
                 self.model(target, f"{where}.{kind}")
-        else:
-            self.model(target, f"{where}.{kind}")
-
-    def service_judge(self, name: str, kind: str, spec: dict) -> None:
-        """The judge module's own spec check (``<kind>_options``) if it has one; the service is not called."""
-        from align.eval import judges
-
-        where = f"judges.{name}"
-        options = getattr(judges, f"{kind}_options", None)
-        if callable(options):
-            try:
-                options(where, spec)
-            except AlignError as e:
-                self.problem(str(e))
-                return
-            except Exception:  # noqa: BLE001 -- a helper of another shape: leave the spec to build_judge
-                pass
-        self.skip(f"{where}: {kind} judge: not called (validate sends no requests)")
+        elif problems:
+            return
+        elif kind == "function":
+            self.function_judge(name, spec, users)
+        else:  # a judge behind a service (e.g. openai): its spec only
+            self.skip(f"{where}: {kind} judge: not called (validate sends no requests)")
 
     def function_judge(self, name: str, spec: dict, users: list[str]) -> None:
-        from align.eval.judges import FunctionJudge
+        from align.eval.judge_factory import build_judge
 
         where = f"judges.{name}"
-        target = spec["function"]
-        if not isinstance(target, str) or ":" not in target:
-            self.problem(f"{where}.function: expected 'module:function', e.g. 'align.data.builtin:gold_judge'; "
-                         f"got {target!r}.")
-            return
-        judge = self.attempt(where, FunctionJudge, target, name=name, tie_tolerance=spec.get("tie_tolerance", 0.0))
+        judge = self.attempt(where, build_judge, name, spec)
         if judge is None:
             return
         prompt, source = self.example_prompt(users)
         scores = self.attempt(where, judge.score, [prompt, prompt], list(EXAMPLE_RESPONSES))
         if scores is not None:
-            self.note(f"{where}: {target} gave one number per response on an example ({source}): "
+            self.note(f"{where}: {spec['function']} gave one number per response on an example ({source}): "
                       + ", ".join(f"{s:.3g}" for s in scores))
 
     def example_prompt(self, users: list[str]):
@@ -698,15 +362,6 @@ class Checker:
 
 def plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
-class StubTokenizer:
-    """What ``llama_config`` reads from a tokenizer, for checking a preset before the tokenizer exists."""
-
-    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
-
-    def __len__(self) -> int:
-        return 4096
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from align.report.compare import compare_runs
-from align.runner import read_marker
+from align.state import read_marker
 
 
 def evaluate_metrics(run_dir: Path) -> dict:

@@ -19,7 +19,7 @@ from align.eval import generate
 from align.eval.judges import FunctionJudge
 from align.models import load_causal_lm, load_tokenizer
 from align.stages.preferences import as_conversational, form_pairs
-from align.stages.sft import lora_config
+from align.stages.training import lora_config
 
 
 def mentions_price_briefly(prompts, responses):

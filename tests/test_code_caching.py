@@ -12,7 +12,8 @@ import pytest
 
 import align
 from align.recipe import load_recipe
-from align.runner import read_marker, run_recipe
+from align.runner import run_recipe
+from align.state import read_marker
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures_runner"
 MODULES = ("cc_judge_long", "cc_judge_short", "cc_map_beside", "cc_map_cwd")

@@ -12,7 +12,8 @@ import transformers
 import align.stages.sft as sft_stage
 from align import cli
 from align.recipe import load_recipe
-from align.runner import MARKER, read_marker, recover_stage_dir, run_recipe
+from align.runner import run_recipe
+from align.state import MARKER, read_marker, recover_stage_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "recipes" / "micro.yaml"

@@ -103,9 +103,9 @@ def test_quickstart_passes_quickly(tmp_path):
 
 CASES = {
     "unimportable judge": (with_judge({"function": "no_such_module_xyz:judge"}),
-                           ["judge 'j': cannot import module 'no_such_module_xyz'"]),
+                           ["judges.j.function: cannot import module 'no_such_module_xyz'"]),
     "judge without the function": (with_judge({"function": f"{__name__}:no_such_function"}),
-                                   [f"judge 'j': module '{__name__}' has no function 'no_such_function'"]),
+                                   [f"judges.j.function: module '{__name__}' has no function 'no_such_function'"]),
     "judge returning the wrong length": (with_judge({"function": f"{__name__}:short_judge"}),
                                          ["returned 1 scores for 2 responses", "one number per response"]),
     "judge returning words": (with_judge({"function": f"{__name__}:word_judge"}),
@@ -193,7 +193,7 @@ def test_dropped_rows_are_announced_not_refused(tmp_path, capsys):
 def test_map_function_must_import(tmp_path, capsys):
     change = lambda raw: raw["datasets"]["chat"].update(map="no_such_module_xyz:fix")  # noqa: E731
     code, out, err = validate(write_recipe(tmp_path, change), capsys)
-    assert code == 2 and "datasets.chat.map: cannot import 'no_such_module_xyz:fix'" in err
+    assert code == 2 and "datasets.chat.map: cannot import module 'no_such_module_xyz'" in err
     assert "align: 1 problem in" in err
 
 
@@ -280,7 +280,7 @@ def test_local_model_folder_is_checked(tmp_path, capsys, tiny_model_dir):
 
 def test_plan_reads_markers_cached_changed_upstream(tmp_path, capsys):
     from align.recipe import load_recipe
-    from align.runner import MARKER, spec_hash
+    from align.state import MARKER, spec_hash
 
     path = write_recipe(tmp_path)
     recipe = load_recipe(path)

@@ -2,7 +2,7 @@
 
 from align.data.cards import write_data_card
 from align.data.formats import FORMATS, detect_format, is_conversational, validate_dataset
-from align.data.loading import DATASET_SPEC_KEYS, fingerprint, load_dataset
+from align.data.loading import DATASET_SPEC_KEYS, load_dataset
 
-__all__ = ["DATASET_SPEC_KEYS", "FORMATS", "detect_format", "fingerprint", "is_conversational", "load_dataset",
+__all__ = ["DATASET_SPEC_KEYS", "FORMATS", "detect_format", "is_conversational", "load_dataset",
            "validate_dataset", "write_data_card"]

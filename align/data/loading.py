@@ -13,16 +13,12 @@ file unless ``sample_by: paragraph`` or ``line`` (then blank rows are dropped).
 
 from __future__ import annotations
 
-import difflib
 import glob
-import hashlib
-import importlib
-import inspect
-import json
 import logging
 from pathlib import Path
 
-from align.errors import AlignError
+from align.errors import AlignError, suggest
+from align.functions import import_function
 
 SOURCES = ("builtin", "path", "hub", "stage_dir")
 OPTIONS = {  # key -> the source it is limited to (None: every source)
@@ -36,14 +32,8 @@ BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parqu
 # thousands of BOS...EOS "documents"; pretraining packs it into blocks anyway.
 SAMPLE_BY = ("document", "paragraph", "line")
 CONVERTERS = ("hh-rlhf", "ultrafeedback", "sharegpt")
-MARKER = ".align_complete.json"
 ON_INVALID_ROWS = ("error", "drop")
 log = logging.getLogger("align")
-
-
-def suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def check_spec(spec, name: str) -> None:
@@ -195,15 +185,6 @@ def load_source(spec: dict, name: str):
     return load_stage_output(spec, name)
 
 
-def import_function(target: str, where: str):
-    module_name, _, attr = str(target).partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise AlignError(f"{where}: cannot import {target!r} ({type(e).__name__}: {e}); expected module:function "
-                         f"with the module importable from the working directory or installed.") from None
-
-
 def apply_map(ds, target: str, name: str):
     """``Dataset.map`` with a user's row function that returns the whole new row.
 
@@ -269,26 +250,3 @@ def prepare(ds, spec: dict, *, name: str):
     if dropped is not None:
         ds.align_dropped = dropped  # read by write_data_card
     return ds
-
-
-def function_source(target: str) -> str | None:
-    """The source of a ``map`` function, so editing it invalidates cached stages."""
-    try:
-        return inspect.getsource(import_function(target, "map"))
-    except (AlignError, OSError, TypeError):
-        return None
-
-
-def fingerprint(spec: dict, *, name: str = "dataset") -> str:
-    """A stable hash of what a spec would load: files by path, size and mtime; stages by marker."""
-    check_spec(spec, name)
-    payload = dict(spec)
-    if "path" in spec:
-        payload["files"] = [[str(p.resolve()), *((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else ())]
-                            for p in expand_paths(spec)]
-    if "stage_dir" in spec:
-        marker = Path(spec["stage_dir"]) / MARKER
-        payload["marker"] = marker.read_text() if marker.exists() else None
-    if spec.get("map"):
-        payload["map_source"] = function_source(spec["map"])
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

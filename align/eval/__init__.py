@@ -9,7 +9,8 @@ from pathlib import Path
 from align.eval.compare_stats import (across_seeds, equal_kl_difference, frontier_fit, head_to_head, holm,
                                       length_controlled_win_rate, paired_difference)
 from align.eval.generation import generate, generate_chat
-from align.eval.judges import FunctionJudge, Judge, LLMJudge, RewardModelJudge, build_judge
+from align.eval.judge_factory import build_judge
+from align.eval.judges import FunctionJudge, Judge, LLMJudge, RewardModelJudge
 from align.eval.kl import ESTIMATOR as KL_ESTIMATOR
 from align.eval.kl import kl_to_reference, sequence_logprobs
 from align.eval.stats import perplexity

@@ -11,14 +11,14 @@ prompt-only datasets the stages read. Four kinds, chosen in a recipe's ``judges:
 - ``{llm: path, template: ...}``: a local causal LM asked which of two responses is better;
 - ``{openai: {base_url: URL, model: NAME, api_key_env: VAR, ...}}``: the same question put to a model
   behind an OpenAI-compatible chat completions endpoint (``align.eval.openai_judge``).
+
+A spec is checked and built by ``align.eval.judge_factory``; this module holds the judges themselves.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
-import re
 import string
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import torch
 
 from align.errors import AlignError
 from align.eval.generation import as_messages, eval_mode, pad_batch
+from align.functions import import_function
 
 
 def outcome(difference: float, tie_tolerance: float) -> float:
@@ -52,23 +53,6 @@ class Judge:
         return [outcome(a - b, self.tie_tolerance) for a, b in zip(scores_a, scores_b)]
 
 
-def import_function(target: str, name: str):
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise AlignError(f"judges.{name}.function: expected 'module:function', e.g. "
-                         f"'align.data.builtin:gold_judge'; got {target!r}.")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or an error raised while the module runs
-        raise AlignError(f"judge '{name}': cannot import module {module_name!r} ({type(e).__name__}: {e}). "
-                         f"Check the name and that it is installed or on PYTHONPATH.") from e
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise AlignError(f"judge '{name}': module {module_name!r} has no function {attribute!r}"
-                         f"{' (it is not callable)' if function is not None else ''}.")
-    return function
-
-
 class FunctionJudge(Judge):
     """A Python function ``(prompts, responses) -> list[float]`` named as ``module:function``.
 
@@ -81,7 +65,7 @@ class FunctionJudge(Judge):
         self.name = name or target
         self.target = target
         self.tie_tolerance = float(tie_tolerance)
-        self.function = import_function(target, self.name)
+        self.function = import_function(target, f"judges.{self.name}.function")
 
     def score(self, prompts: list, responses: list[str]) -> list[float]:
         if len(prompts) != len(responses):
@@ -197,7 +181,10 @@ TEMPLATE_FIELDS = {"prompt", "response_a", "response_b"}
 
 def check_template(template: str, name: str) -> None:
     """A pairwise template must use exactly {prompt}, {response_a} and {response_b}."""
-    fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as e:  # an unmatched brace
+        fields = {f"unreadable: {e}"}
     if fields != TEMPLATE_FIELDS:
         raise AlignError(f"judges.{name}.template: must use exactly the fields {{prompt}}, {{response_a}} and "
                          f"{{response_b}} (write literal braces as {{{{ }}}}); it uses {sorted(fields) or 'none'}.")
@@ -279,69 +266,3 @@ class LLMJudge(Judge):
 
     def score(self, prompts: list, responses: list[str]) -> list[float]:
         return self.compare(prompts, responses, [self.reference] * len(responses))
-
-
-JUDGE_OPTIONS = {
-    "function": ("tie_tolerance",),
-    "reward_model": ("batch_size", "tie_tolerance"),
-    "llm": ("template", "batch_size", "reference", "tie_tolerance"),
-    "openai": ("base_url", "model", "api_key_env", "template", "system", "reference", "tie_tolerance",
-               "max_concurrency", "timeout", "max_retries", "backoff", "max_tokens", "temperature", "logprobs",
-               "extra_body", "cache", "cache_dir"),
-}
-STAGE_REF = re.compile(r"^\$\{stages\.([A-Za-z0-9_.\-]+)\}$")
-
-
-def openai_options(where: str, spec: dict) -> dict:
-    """``{openai: {base_url: ..., model: ...}}`` or the short ``{openai: URL, model: ...}``, as one dict of options."""
-    nested = spec["openai"] if isinstance(spec["openai"], dict) else {"base_url": spec["openai"]}
-    siblings = {k: v for k, v in spec.items() if k != "openai"}
-    twice = sorted(set(nested) & set(siblings))
-    if twice:
-        raise AlignError(f"{where}: {twice} given both inside openai: and next to it; keep one.")
-    options = {**nested, **siblings}
-    unknown = set(options) - set(JUDGE_OPTIONS["openai"])
-    if unknown:
-        raise AlignError(f"{where}: unknown keys {sorted(unknown)} for an openai judge; valid: "
-                         f"{', '.join(JUDGE_OPTIONS['openai'])}.")
-    missing = [k for k in ("base_url", "model") if not options.get(k)]
-    if missing:
-        raise AlignError(f"{where}.openai: needs {' and '.join(missing)}, e.g. {{openai: {{base_url: "
-                         f"http://127.0.0.1:8000/v1, model: NAME, api_key_env: OPENAI_API_KEY}}}}.")
-    return options
-
-
-def build_judge(name: str, spec: dict, *, stage_dirs: dict | None = None, cache_dir=None) -> Judge:
-    """A judge from a recipe's ``judges.<name>`` spec; ``${stages.x}`` left unresolved is looked up in ``stage_dirs``.
-
-    ``cache_dir`` is where an openai judge keeps its verdicts unless the spec names one (default
-    ``~/.cache/align/judges``).
-    """
-    where = f"judges.{name}"
-    kinds = [kind for kind in JUDGE_OPTIONS if isinstance(spec, dict) and kind in spec]
-    if len(kinds) != 1:
-        raise AlignError(f"{where}: expected exactly one of {', '.join(JUDGE_OPTIONS)}, e.g. "
-                         f"{{function: align.data.builtin:gold_judge}}, {{reward_model: ${{stages.reward}}}} or "
-                         f"{{llm: path/to/model}} or {{openai: {{base_url: URL, model: NAME}}}}; got {spec!r}.")
-    kind = kinds[0]
-    if kind == "openai":
-        from align.eval.openai_judge import OpenAIJudge
-
-        options = openai_options(where, spec)
-        options.setdefault("cache_dir", cache_dir)
-        return OpenAIJudge(options.pop("base_url"), name=name, **options)
-    unknown = set(spec) - {kind, *JUDGE_OPTIONS[kind]}
-    if unknown:
-        raise AlignError(f"{where}: unknown keys {sorted(unknown)} for a {kind} judge; valid: "
-                         f"{', '.join((kind, *JUDGE_OPTIONS[kind]))}.")
-    target, options = spec[kind], {k: v for k, v in spec.items() if k != kind}
-    ref = STAGE_REF.match(str(target))
-    if ref:
-        if not stage_dirs or ref[1] not in stage_dirs:
-            raise AlignError(f"{where}.{kind}: {target} names a stage whose output folder is not known here.")
-        target = stage_dirs[ref[1]]
-    if kind == "function":
-        return FunctionJudge(str(target), name=name, **options)
-    if kind == "reward_model":
-        return RewardModelJudge(target, name=name, **options)
-    return LLMJudge(target, name=name, **options)

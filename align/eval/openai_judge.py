@@ -47,6 +47,28 @@ CACHE_FILE = "openai_verdicts.sqlite"
 ANSWER = re.compile(r"(?<![A-Za-z0-9])([AB])(?![A-Za-z0-9])")
 
 
+OPTIONS = ("base_url", "model", "api_key_env", "template", "system", "reference", "tie_tolerance", "max_concurrency",
+           "timeout", "max_retries", "backoff", "max_tokens", "temperature", "logprobs", "extra_body", "cache", "cache_dir")
+
+
+def spec_options(where: str, spec: dict) -> dict:
+    """``{openai: {base_url: ..., model: ...}}`` or the short ``{openai: URL, model: ...}``, as one dict of options."""
+    nested = spec["openai"] if isinstance(spec["openai"], dict) else {"base_url": spec["openai"]}
+    siblings = {k: v for k, v in spec.items() if k != "openai"}
+    twice = sorted(set(nested) & set(siblings))
+    if twice:
+        raise AlignError(f"{where}: {twice} given both inside openai: and next to it; keep one.")
+    options = {**nested, **siblings}
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise AlignError(f"{where}: unknown keys {sorted(unknown)} for an openai judge; valid: {', '.join(OPTIONS)}.")
+    missing = [k for k in ("base_url", "model") if not options.get(k)]
+    if missing:
+        raise AlignError(f"{where}.openai: needs {' and '.join(missing)}, e.g. {{openai: {{base_url: "
+                         f"http://127.0.0.1:8000/v1, model: NAME, api_key_env: OPENAI_API_KEY}}}}.")
+    return options
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/align/judges``, i.e. ``~/.cache/align/judges`` by default."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "align" / "judges"

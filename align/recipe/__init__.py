@@ -8,8 +8,6 @@ Every check here runs before any training, so ``align validate`` catches mistake
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +15,11 @@ from typing import Any
 
 import yaml
 
-from align.errors import AlignError
+from align.errors import AlignError, suggest
+from align.refs import REF_PATTERN, UNQUOTED_REF, StageRef, plain
 
 TOP_LEVEL_KEYS = {"name", "description", "seed", "output_dir", "datasets", "judges", "stages"}
 STAGE_COMMON_KEYS = {"kind", "args"}
-JUDGE_KINDS = {"function", "reward_model", "llm", "openai"}
-REF_PATTERN = re.compile(r"^\$\{stages\.([A-Za-z0-9_.\-]+)\}$")
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -98,17 +95,6 @@ Loader.add_implicit_resolver(
 )
 
 
-class StageRef(str):
-    """The output folder of another stage; ``.stage`` is that stage's name."""
-
-    stage: str
-
-    def __new__(cls, path: str, stage: str):
-        obj = super().__new__(cls, path)
-        obj.stage = stage
-        return obj
-
-
 @dataclass
 class Stage:
     name: str
@@ -116,6 +102,8 @@ class Stage:
     spec: dict  # resolved: references replaced by StageRef
     out_dir: Path
     deps: list[str] = field(default_factory=list)
+    dataset_keys: tuple[str, ...] = ()  # its kind's keys that name datasets (the run state fingerprints them)
+    judges: list[str] = field(default_factory=list)  # the recipe judges it uses
 
 
 @dataclass
@@ -133,10 +121,15 @@ class Recipe:
     def stage_names(self) -> list[str]:
         return list(self.stages)
 
-
-def suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    def dataset_spec(self, stage: Stage, key: str) -> tuple[str, dict]:
+        """The dataset ``stage.spec[key]`` names, as (name, spec the data layer takes): a recipe dataset by
+        name, another stage's output (``${stages.X}``), or an inline spec (named by its key)."""
+        value = stage.spec[key]
+        if isinstance(value, StageRef):
+            return value.stage, {"stage_dir": str(value)}
+        if isinstance(value, str):
+            return value, plain(self.datasets[value])
+        return key, plain(value)
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -162,9 +155,6 @@ def apply_override(raw: dict, assignment: str) -> None:
     if not isinstance(node, dict):
         raise AlignError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping.")
     node[parts[-1]] = value
-
-
-UNQUOTED_REF = re.compile(r"""(?<!["'])(\$\{stages\.[A-Za-z0-9_.\-]+\})(?!["'])""")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -220,7 +210,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), *, output_dir: str 
 
 
 def build_recipe(raw: dict) -> Recipe:
-    from align.stages import stage_module
+    from align.stages import stage_kind
 
     raw = copy.deepcopy(raw)
     for key in raw:
@@ -243,33 +233,36 @@ def build_recipe(raw: dict) -> Recipe:
         if not isinstance(spec, dict):
             raise AlignError(f"datasets.{name}: expected a mapping like {{builtin: reviews, split: sft}} or {{path: data.jsonl}}, got {spec!r}.")
         check_dataset_spec(spec, f"datasets.{name}")
+    from align.eval.judge_factory import judge_kind
+
     for name, spec in judges.items():
-        check_judge_spec(spec, f"judges.{name}")
+        judge_kind(spec, f"judges.{name}")
 
     stages: dict[str, Stage] = {}
     for name, spec in stages_raw.items():
         where = f"stages.{name}"
         if not isinstance(spec, dict) or "kind" not in spec:
             raise AlignError(f"{where}: expected a mapping with a 'kind' (one of the stage kinds), got {spec!r}.")
-        module = stage_module(spec["kind"], where=f"{where}.kind")
-        allowed = STAGE_COMMON_KEYS | set(module.KEYS)
+        kind = stage_kind(spec["kind"], where=f"{where}.kind")
+        allowed = STAGE_COMMON_KEYS | set(kind.keys)
         for key in spec:
             if key not in allowed:
                 raise AlignError(f"{where}.{key}: a {spec['kind']} stage has no key {key!r}.{suggest(key, allowed)} "
                                  f"Valid keys: {', '.join(sorted(allowed))}.")
-        for key in getattr(module, "REQUIRED", ()):
+        for key in kind.required:
             if key not in spec:
-                raise AlignError(f"{where}: a {spec['kind']} stage needs {key!r} ({module.KEYS[key]}).")
+                raise AlignError(f"{where}: a {spec['kind']} stage needs {key!r} ({kind.keys[key]}).")
         deps: list[str] = []
         resolved = resolve_refs(spec, where, stages, output_dir, deps)
-        for key in getattr(module, "DATASET_KEYS", ()):
+        for key in kind.dataset_keys:
             if key in resolved:
                 deps += dataset_deps(resolved[key], f"{where}.{key}", datasets, stages, output_dir)
-        for key in getattr(module, "JUDGE_KEYS", ()):
+        for key in kind.judge_keys:
             if key in resolved:
                 deps += judge_deps(resolved[key], f"{where}.{key}", judges, stages, output_dir)
-        check_args(module, resolved.get("args"), where)
-        stages[name] = Stage(name, spec["kind"], resolved, output_dir / name, sorted(set(deps)))
+        check_args(kind, resolved.get("args"), where)
+        stages[name] = Stage(name, spec["kind"], resolved, output_dir / name, sorted(set(deps)), kind.dataset_keys,
+                             kind.judge_names(resolved))
     datasets = {n: resolve_refs(s, f"datasets.{n}", stages, output_dir, []) for n, s in datasets.items()}
     judges = {n: resolve_refs(s, f"judges.{n}", stages, output_dir, []) for n, s in judges.items()}
     return Recipe(str(raw["name"]), seed, output_dir, datasets, judges, stages, raw=raw)
@@ -334,22 +327,14 @@ def check_dataset_spec(spec: dict, where: str) -> None:
     check_spec(spec, where)
 
 
-def check_judge_spec(spec, where: str) -> None:
-    if not isinstance(spec, dict) or len(set(spec) & JUDGE_KINDS) != 1:
-        raise AlignError(f"{where}: expected exactly one of {', '.join(sorted(JUDGE_KINDS))}, e.g. "
-                         f"{{function: align.data.builtin:gold_judge}} or {{reward_model: ${{stages.reward}}}}; got {spec!r}.")
+def check_args(kind, args, where: str) -> None:
+    """Every ``args:`` key must be a field of the stage's library config class (types: ``align validate``)."""
+    from align.fields import check_fields
 
-
-def check_args(module, args, where: str) -> None:
-    """Every ``args:`` key must be a field of the stage's library config class."""
     if args is None:
         return
-    if not isinstance(args, dict):
-        raise AlignError(f"{where}.args: expected a mapping of {module.__name__.rsplit('.', 1)[-1]} config fields, got {args!r}.")
-    config_class = module.config_class() if hasattr(module, "config_class") else None
-    if config_class is None:
-        raise AlignError(f"{where}.args: a {module.__name__.rsplit('.', 1)[-1]} stage takes no args.")
-    valid = {f.name for f in dataclasses.fields(config_class)}
-    for key in args:
-        if key not in valid:
-            raise AlignError(f"{where}.args.{key}: not a field of {config_class.__name__}.{suggest(key, valid)}")
+    if kind.config_class is None:
+        if not isinstance(args, dict):
+            raise AlignError(f"{where}.args: expected a mapping of {kind.name} config fields, got {args!r}.")
+        raise AlignError(f"{where}.args: a {kind.name} stage takes no args.")
+    check_fields(args, kind.config_class(), f"{where}.args", f"{kind.name} config")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from align.errors import AlignError
-from align.runner import MARKER, read_marker
+from align.state import MARKER, read_marker
 
 REQUIRED_KEYS = ("reference", "primary_judge", "policies")
 POLICY_KEYS = ("scores", "kl", "win_rate")

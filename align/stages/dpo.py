@@ -7,7 +7,8 @@ same weights with the adapter disabled, so no second copy sits in memory.
 from __future__ import annotations
 
 from align.models import fp32_adapters_without_autocast
-from align.stages.sft import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages import training
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -24,11 +25,8 @@ KEYS = {
 }
 
 
-def model_findings(spec, key, path, where):
-    from align.stages.sft import model_findings as findings
-
-    return findings(spec, key, path, where, classifier_keys=())
-
+# what align validate says of its model: the context check
+model_findings = training.model_findings
 
 def config_class():
     from trl import DPOConfig

@@ -12,7 +12,7 @@ import json
 import statistics
 from pathlib import Path
 
-from align.errors import AlignError
+from align.errors import AlignError, suggest
 
 REQUIRED = ("policies", "prompts", "judges")
 DATASET_KEYS = ("prompts", "heldout")
@@ -36,9 +36,37 @@ KEYS = {
     "chat_template": "the template prompts are rendered with: a TRL-shipped name, default, or a .jinja file "
                      "(default: each policy's own; align's default for a model without one)",
 }
+TYPES = {"limit": int, "n_bootstrap": int, "chat": bool, "reference": str}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32}
 KL_ESTIMATOR = ("k1: mean over the policy's own samples of sum_t [log pi(a_t|s_t) - log pi_ref(a_t|s_t)] "
                 "(unbiased); kl_k3 is the lower-variance, always non-negative k3 estimator")
+
+
+def policies_and_reference(spec: dict, where: str) -> tuple[dict, str]:
+    """The policies to evaluate and the name of the reference among them."""
+    policies = spec.get("policies")
+    if not isinstance(policies, dict) or not policies:
+        raise AlignError(f"{where}.policies: expected a mapping of names to policies, e.g. "
+                         f"{{sft: ${{stages.sft}}, dpo: ${{stages.dpo}}}}; got {policies!r}.")
+    reference = spec.get("reference", next(iter(policies)))
+    if reference not in policies:
+        raise AlignError(f"{where}.reference: {reference!r} is not one of the policies "
+                         f"({', '.join(policies)}).{suggest(reference, policies)}")
+    return policies, reference
+
+
+def check(spec: dict, where: str) -> list[str]:
+    try:
+        policies_and_reference(spec, where)
+    except AlignError as e:
+        return [str(e)]
+    return []
+
+
+def model_refs(spec: dict) -> dict:
+    """Each policy (the reference is one of them)."""
+    policies = spec.get("policies")
+    return {f"policies.{name}": (path, "model") for name, path in policies.items()} if isinstance(policies, dict) else {}
 
 
 def prompt_as_text(prompt) -> str:
@@ -66,7 +94,7 @@ def same_vocabulary(a, b) -> bool:
 
 
 def policy_kind(path) -> str | None:
-    from align.runner import read_marker
+    from align.state import read_marker
 
     marker = read_marker(path)
     return marker.get("kind") if marker else None
@@ -189,17 +217,11 @@ def summarise(records: list[dict], judge_names: list[str]) -> dict:
 
 
 def run(ctx) -> dict:
-    from align.eval import build_judge
+    from align.eval.judge_factory import build_judge
     from align.models import load_causal_lm
 
-    policies = ctx.spec["policies"]
-    if not isinstance(policies, dict) or not policies:
-        raise AlignError(f"{ctx.where('policies')}: expected a mapping of names to policies, e.g. "
-                         f"{{sft: ${{stages.sft}}, dpo: ${{stages.dpo}}}}.")
-    reference_name = ctx.spec.get("reference", next(iter(policies)))
-    if reference_name not in policies:
-        raise AlignError(f"{ctx.where('reference')}: {reference_name!r} is not one of the policies ({', '.join(policies)}).")
-    judge_names = ctx.spec["judges"] if isinstance(ctx.spec["judges"], list) else [ctx.spec["judges"]]
+    policies, reference_name = policies_and_reference(ctx.spec, f"stages.{ctx.name}")
+    judge_names = ctx.stage.judges
     judges = {name: build_judge(name, ctx.recipe.judges[name]) for name in judge_names}
     primary = judge_names[0]
     # every evaluate module loaded once, before sampling: a bad metric fails now, not after minutes of it

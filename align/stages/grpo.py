@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast
-from align.stages.sft import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset", "rewards")
 DATASET_KEYS = ("dataset",)
@@ -37,11 +37,10 @@ def completion_text(completion) -> str:
 
 
 def reward_functions(ctx) -> list:
-    from align.eval.judges import build_judge
+    from align.eval.judge_factory import build_judge
 
-    names = ctx.spec["rewards"] if isinstance(ctx.spec["rewards"], list) else [ctx.spec["rewards"]]
     funcs = []
-    for name in names:
+    for name in ctx.stage.judges:
         judge = build_judge(name, ctx.recipe.judges[name])
 
         def reward(prompts, completions, _judge=judge, **_):

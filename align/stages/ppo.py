@@ -7,12 +7,15 @@ is the SFT weights with the adapter disabled. Periodic evaluations on fixed prom
 
 from __future__ import annotations
 
+from functools import partial
+
 from align.chat_templates import prepare_chat_template
 from align.errors import AlignError
 from align.models import is_quantized, load_sequence_classifier, restore_shipped_config
 from align.ppo.sharding import requested_sharding
 from align.stages.grpo import reward_functions
-from align.stages.sft import DEFAULT_LORA, load_for_training, lora_config
+from align.stages.training import DEFAULT_LORA, load_for_training, lora_config
+from align.stages import training
 
 REQUIRED = ("policy", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -34,13 +37,17 @@ KEYS = {
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own)",
     "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
 }
+TYPES = {"chat": bool}
 
 
-def model_findings(spec, key, path, where):
-    from align.stages.sft import model_findings as findings
+def check(spec: dict, where: str) -> list[str]:
+    if "reward" not in spec and "rewards" not in spec:
+        return [f"{where}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names]."]
+    return []
 
-    return findings(spec, key, path, where, classifier_keys=("policy",))
 
+# what align validate says of its model: the context check, and the scalar head a reward/value model may need
+model_findings = partial(training.model_findings, classifier_keys=("policy",))
 
 def config_class():
     from align.ppo import PPOConfig
@@ -55,8 +62,8 @@ def run(ctx) -> dict:
         requested_sharding()
     except ValueError as e:
         raise AlignError(f"stages.{ctx.name}: {e}") from None
-    if "reward" not in ctx.spec and "rewards" not in ctx.spec:
-        raise AlignError(f"stages.{ctx.name}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names].")
+    for problem in check(ctx.spec, f"stages.{ctx.name}"):
+        raise AlignError(problem)
     model, tokenizer = load_for_training(ctx, "policy")
     chat = bool(ctx.spec.get("chat", True))
     if chat:

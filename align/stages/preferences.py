@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 
 from align.errors import AlignError
+from align.stages import training
 
 REQUIRED = ("policy", "dataset", "judge")
 DATASET_KEYS = ("dataset",)
@@ -30,8 +31,11 @@ KEYS = {
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own; align's "
                      "default for a model without one)",
 }
+TYPES = {"samples_per_prompt": int, "min_score_gap": float, "limit": int, "chat": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32}
 
+# what align validate says of its model: the context check
+model_findings = training.model_findings
 
 def form_pairs(prompts: list, responses: list[list[str]], scores: list[list[float]], min_score_gap: float = 0.0) -> list[dict]:
     """For each prompt, the highest- and lowest-scored of its K responses, if they really differ.
@@ -75,11 +79,6 @@ def describe(pairs: list[dict], n_prompts: int, k: int) -> str:
             f"mean rejected score {statistics.fmean(p['rejected_score'] for p in pairs):.3f}.")
 
 
-def model_findings(spec, key, path, where):
-    from align.stages.sft import model_findings as findings
-
-    return findings(spec, key, path, where)
-
 
 def run(ctx) -> dict:
     import datasets
@@ -87,7 +86,7 @@ def run(ctx) -> dict:
     from align.data import write_data_card
     from align.chat_templates import prepare_chat_template
     from align.eval.generation import generate, note_ignored_settings
-    from align.eval.judges import build_judge
+    from align.eval.judge_factory import build_judge
     from align.models import load_causal_lm, load_tokenizer
 
     k = int(ctx.spec.get("samples_per_prompt", 4))

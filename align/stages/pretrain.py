@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from align.errors import AlignError
+from align.errors import AlignError, suggest
 from align.models import build_model, count_parameters, load_causal_lm, load_tokenizer
 
 REQUIRED = ("tokenizer", "dataset")
@@ -26,7 +26,48 @@ KEYS = {
     "eval_fraction": "share of the text, at its end, held out when no eval_dataset is given (default 0.05); "
                      "give the tokenizer stage the same eval_fraction so that it never sees the held-out text",
 }
+TYPES = {"block_size": int, "eval_fraction": float}
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
+
+
+class StubTokenizer:
+    """What ``llama_config`` reads from a tokenizer, for checking a preset before the tokenizer exists."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __len__(self) -> int:
+        return 4096
+
+
+def check(spec: dict, where: str) -> list[str]:
+    """``model: {preset: ..., <LlamaConfig fields>}``: known fields, and a config LlamaConfig accepts."""
+    import inspect
+
+    from transformers import LlamaConfig
+
+    from align.models import llama_config
+
+    model, where = spec.get("model"), f"{where}.model"
+    if not isinstance(model, dict):
+        return []
+    valid = set(inspect.signature(LlamaConfig.__init__).parameters) - {"self", "kwargs"} | {"preset"}
+    problems = [f"{where}.{key}: not a LlamaConfig field.{suggest(key, valid)}" for key in model if key not in valid]
+    if not problems:  # the vocabulary comes from the tokenizer stage; any size shows bad shapes
+        try:
+            llama_config(model, StubTokenizer(), field=where)
+        except AlignError as e:
+            problems.append(str(e))
+        except Exception as e:  # noqa: BLE001 -- LlamaConfig refusing a value
+            problems.append(f"{where}: {type(e).__name__}: {' '.join(str(e).split())[:400]}")
+    return problems
+
+
+def model_refs(spec: dict) -> dict:
+    """The tokenizer, and the model when it is one to continue pretraining (a preset is built, not loaded)."""
+    refs = {"tokenizer": (spec["tokenizer"], "tokenizer")} if "tokenizer" in spec else {}
+    if "model" in spec and not isinstance(spec["model"], dict) and spec["model"] is not None:
+        refs["model"] = (spec["model"], "model")
+    return refs
 
 
 def config_class():
@@ -103,6 +144,9 @@ def run(ctx) -> dict:
         raise AlignError(f"{ctx.where(field)}: the held-out text is shorter than one block of {block_size} "
                          f"tokens; hold out more text or lower block_size.")
     model_spec = ctx.spec.get("model") or {"preset": "llama-tiny"}
+    problems = check({"model": model_spec}, f"stages.{ctx.name}")
+    if problems:
+        raise AlignError("\n".join(problems))
     if isinstance(model_spec, str):
         model = load_causal_lm(model_spec, field=ctx.where("model"))
     else:

@@ -13,6 +13,7 @@ KEYS = {
     "samples": "number of example prompts shown (default 5)",
     "trajectory_judge": "the judge whose scale PPO's eval/score is on (default: found from the PPO stage's reward)",
 }
+TYPES = {"title": str, "samples": int, "trajectory_judge": str}
 
 
 def trained_on(recipe, policy_path: str | None) -> str | None:

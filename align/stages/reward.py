@@ -6,9 +6,12 @@ pairs where chosen outscores rejected) and the mean reward margin.
 
 from __future__ import annotations
 
+from functools import partial
+
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast, load_sequence_classifier, merge_lora
-from align.stages.sft import MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages import training
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -22,15 +25,14 @@ KEYS = {
                     "the saved reward model is merged into the full-precision backbone",
     **MODEL_KEYS,
 }
+TYPES = {"eval_fraction": float}
+CLASSIFIER = True  # a sequence classifier: LoRA only when `lora:` is given
 PREFERENCE_FORMATS = ("preference", "implicit_preference")
 EXPECTED = {"dataset": PREFERENCE_FORMATS, "eval_dataset": PREFERENCE_FORMATS}  # format per dataset key
 
 
-def model_findings(spec, key, path, where):
-    from align.stages.sft import model_findings as findings
-
-    return findings(spec, key, path, where, classifier_keys=("model",))
-
+# what align validate says of its model: the context check, and the scalar head a reward/value model may need
+model_findings = partial(training.model_findings, classifier_keys=("model",))
 
 def config_class():
     from trl import RewardConfig
@@ -41,7 +43,7 @@ def config_class():
 def run(ctx) -> dict:
     from trl import RewardTrainer
 
-    model, tokenizer = load_for_training(ctx, classifier=True)
+    model, tokenizer = load_for_training(ctx, classifier=CLASSIFIER)
     train = ctx.dataset("dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
     conversation_template(ctx, tokenizer, train)
     if "eval_dataset" in ctx.spec:

@@ -9,24 +9,15 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from align import models
 from align.errors import AlignError
-from align.models import (fp32_adapters_without_autocast, load_causal_lm, merge_lora, quantization_config,
-                          restore_shipped_config)
+from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_lora, restore_shipped_config
+from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import model_findings  # noqa: F401 -- declared: what align validate says of its model
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
 EXPECTED = {"dataset": ("conversational", "prompt_completion"),  # format per dataset key
             "eval_dataset": ("conversational", "prompt_completion")}
-MODEL_KEYS = {  # shared by every stage that trains a model
-    "chat_template": "a template TRL ships (llama3, qwen2_5, gemma3, phi3, ...), default (align's User:/Assistant:), "
-                     "or a .jinja file; default: the model's own, align's default if it has none",
-    "context_check": "warn (default), error or off: whether the token context this stage trains or samples after "
-                     "differs from the one the other stages use (the chat template's generation prompt against the "
-                     "rendered conversation), logged once",
-    "dtype": "weights while training: float32 (default: master weights, bf16 autocast where the GPU has it), "
-             "bfloat16, float16 or auto (the checkpoint's)",
-}
 KEYS = {
     "model": "the model to fine-tune: ${stages.pretrain}, a model folder or a hub id",
     "dataset": "conversations (messages) or prompt-completion pairs",
@@ -40,67 +31,14 @@ KEYS = {
                          "every later stage samples after the prompt SFT trains replies after (for templates that "
                          "open a think block to sample but strip it from trained replies, e.g. DeepSeek-R1's)",
 }
+TYPES = {"merge": bool}
 log = logging.getLogger("align")
-DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
 
 def config_class():
     from trl import SFTConfig
 
     return SFTConfig
-
-
-def model_findings(spec: dict, key: str, path: str, where: str, *, classifier_keys=()) -> tuple[list[str], list[str]]:
-    """For ``align validate``: whether the model named by ``key`` (already on disk at ``path``) trains replies after the
-    context it is sampled after, and, for a key a reward or value model is built from, the scalar head a family
-    without a sequence-classification class gets. (problems, notes)"""
-    from align.chat_templates import context_findings
-    from align.models import scalar_head_note
-
-    problems, notes = [], []
-    if key in ("model", "policy"):
-        problems, notes = context_findings(path, spec, where)
-    if key in classifier_keys:
-        note = scalar_head_note(path)
-        notes += [f"{where}.{key}: {note}"] if note else []
-    return problems, notes
-
-
-def lora_config(spec, where: str, task_type: str = "CAUSAL_LM"):
-    """A peft LoraConfig from the recipe's ``lora:`` (None for full fine-tuning); ``true`` takes the defaults."""
-    from peft import LoraConfig
-
-    if spec is False:
-        return None
-    if spec is True:
-        spec = {}
-    if spec is not None and not isinstance(spec, dict):
-        raise AlignError(f"{where}: expected LoraConfig fields (r, lora_alpha, target_modules, ...) or false, got {spec!r}.")
-    try:
-        return LoraConfig(task_type=task_type, **{**DEFAULT_LORA, **(spec or {})})
-    except (TypeError, ValueError) as e:
-        raise AlignError(f"{where}: LoraConfig rejected the fields: {e}") from None
-
-
-def load_for_training(ctx, key: str = "model", *, classifier: bool = False):
-    """(model, tokenizer) named by ``spec[key]``, its base in 4/8 bit if ``quantization:`` asks (QLoRA).
-    LoRA is on unless ``lora: false``; for a reward model (``classifier``) only when ``lora:`` is given."""
-    lora = bool(ctx.spec.get("lora")) if classifier else ctx.spec.get("lora") is not False
-    quant = quantization_config(ctx.spec.get("quantization"), lora=lora, where=ctx.where("quantization"))
-    return models.load_for_training(ctx.spec[key], quantization=quant, classifier=classifier, field=ctx.where(key),
-                                    dtype=ctx.spec.get("dtype"))
-
-
-def conversation_template(ctx, tokenizer, ds, *, generation_prompt=None) -> None:
-    """Conversational data is rendered with the recipe's ``chat_template:``, the model's own, or align's default."""
-    from trl.data_utils import is_conversational
-
-    from align.chat_templates import prepare_chat_template
-
-    if len(ds) and is_conversational(ds[0]):
-        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
-                              context_check=ctx.spec.get("context_check"), row=ds[0],
-                              generation_prompt=generation_prompt)
 
 
 def last_turn_as_completion(ds, where: str):

@@ -15,6 +15,8 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from align.errors import AlignError
+
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 SPECIAL_TOKENS = [PAD, BOS, EOS, *ROLE_TOKENS]
@@ -41,6 +43,7 @@ KEYS = {"dataset": "the text to learn merges from (a language-modelling dataset)
         "text_column": "column with the text (default: text, or the chat turns of a conversational dataset)",
         "eval_fraction": "share of the text, at its end, not learned from (default 0): the pretrain stage's "
                          "eval_fraction on the same dataset, so that its held-out text stays unseen"}
+TYPES = {"vocab_size": int, "min_frequency": int, "text_column": str, "eval_fraction": float}
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
@@ -74,8 +77,6 @@ def dataset_texts(ds, column: str | None = None) -> Iterable[str]:
     if column is None:
         column = "text" if "text" in ds.column_names else "messages" if "messages" in ds.column_names else None
     if column is None:
-        from align.errors import AlignError
-
         raise AlignError(f"tokenizer: the dataset has columns {ds.column_names}; set text_column to the one with text.")
     for value in ds[column]:
         if isinstance(value, str):
@@ -85,12 +86,25 @@ def dataset_texts(ds, column: str | None = None) -> Iterable[str]:
                 yield message["content"]
 
 
+def text_column(spec: dict, ds, where: str, label: str) -> str:
+    """The column the merges are learned from: ``text_column``, else text, else the chat turns of messages."""
+    column = spec.get("text_column") or ("text" if "text" in ds.column_names else "messages")
+    if column not in ds.column_names:
+        raise AlignError(f"{where}.text_column: {label} has no column {column!r}; its columns are {ds.column_names}.")
+    return column
+
+
+def check_dataset(spec: dict, key: str, ds, where: str, label: str) -> None:
+    text_column(spec, ds, where, label)
+
+
 def run(ctx) -> dict:
     from align.stages.pretrain import holdout_split
 
     ds = ctx.dataset("dataset")
     vocab_size = int(ctx.spec.get("vocab_size", 4096))
-    texts, heldout = holdout_split(dataset_texts(ds, ctx.spec.get("text_column")), float(ctx.spec.get("eval_fraction", 0)),
+    column = text_column(ctx.spec, ds, f"stages.{ctx.name}", ctx.where("dataset"))
+    texts, heldout = holdout_split(dataset_texts(ds, column), float(ctx.spec.get("eval_fraction", 0)),
                                    where=ctx.where("eval_fraction"))
     tokenizer = train_bpe(texts, vocab_size, int(ctx.spec.get("min_frequency", 2)))
     if ctx.is_main_process:

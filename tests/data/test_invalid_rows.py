@@ -7,7 +7,8 @@ import logging
 import datasets
 import pytest
 
-from align.data import fingerprint, load_dataset, validate_dataset, write_data_card
+from align.data import load_dataset, validate_dataset, write_data_card
+from align.state import dataset_fingerprint as fingerprint
 from align.data.formats import drop_invalid_rows
 from align.errors import AlignError
 
@@ -119,7 +120,7 @@ def test_drop_through_a_recipe_stage(tmp_path):
     from accelerate import PartialState
 
     from align.recipe import build_recipe
-    from align.runner import StageContext
+    from align.stages.context import StageContext
 
     raw = {"name": "t", "output_dir": str(tmp_path / "run"),
            "datasets": {"chat": {"path": jsonl(tmp_path / "c.jsonl", ROWS), "on_invalid_rows": "drop"}},

@@ -7,7 +7,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from align.data import DATASET_SPEC_KEYS, fingerprint, load_dataset, validate_dataset
+from align.data import DATASET_SPEC_KEYS, load_dataset, validate_dataset
+from align.state import dataset_fingerprint as fingerprint
 from align.errors import AlignError
 
 ROWS = [{"prompt": "p1", "completion": "c1"}, {"prompt": "p2", "completion": "c2"}, {"prompt": "p3", "completion": "c3"}]
@@ -74,7 +75,7 @@ def test_map_brings_your_own_format(tmp_path):
         load_dataset({"path": path, "map": f"{__name__}:explode"}, name="x")
     with pytest.raises(AlignError, match=rf"x.map: {__name__}:nothing must return the new row as a dict; on row 0"):
         load_dataset({"path": path, "map": f"{__name__}:nothing"}, name="x")
-    with pytest.raises(AlignError, match=r"x.map: cannot import 'no_such_module:f'"):
+    with pytest.raises(AlignError, match=r"x.map: cannot import module 'no_such_module'"):
         load_dataset({"path": path, "map": "no_such_module:f"}, name="x")
 
 

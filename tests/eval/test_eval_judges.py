@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from align.errors import AlignError
-from align.eval.judges import FunctionJudge, Judge, LLMJudge, RewardModelJudge, build_judge
+from align.eval.judge_factory import build_judge
+from align.eval.judges import FunctionJudge, Judge, LLMJudge, RewardModelJudge
 
 JUDGE_MODULE = '''
 def length(prompts, responses):
@@ -62,7 +63,7 @@ def test_function_judge_bad_results_name_the_judge_and_sample(judge_module):
 def test_build_judge_rejects_unknown_specs(judge_module, tmp_path):
     with pytest.raises(AlignError, match=r"judges\.oracle: expected exactly one of"):
         build_judge("oracle", {"python": "x:y"})
-    with pytest.raises(AlignError, match=r"judges\.oracle: unknown keys \['batch'\]"):
+    with pytest.raises(AlignError, match=r"judges\.oracle\.batch: a function judge has no option 'batch'"):
         build_judge("oracle", {"function": f"{judge_module}:length", "batch": 3})
     with pytest.raises(AlignError, match=r"judges\.rm\.reward_model: \$\{stages\.reward\}"):
         build_judge("rm", {"reward_model": "${stages.reward}"})

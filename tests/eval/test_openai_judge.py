@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from align.errors import AlignError
-from align.eval.judges import build_judge
+from align.eval.judge_factory import build_judge
 from align.eval.openai_judge import OpenAIJudge, parse_answer
 
 KEY = "sk-test-0123456789abcdef"

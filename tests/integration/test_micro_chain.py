@@ -8,7 +8,8 @@ import pytest
 import transformers
 
 from align.recipe import load_recipe
-from align.runner import MARKER, read_marker, run_recipe
+from align.runner import run_recipe
+from align.state import MARKER, read_marker
 
 REPO = Path(__file__).resolve().parents[2]
 MICRO = REPO / "tests" / "recipes" / "micro.yaml"

@@ -198,7 +198,7 @@ def test_lora_below_a_4bit_layer_still_learns_after_a_no_grad_forward(tiny_model
     from peft import get_peft_model
 
     from align.models import load_for_training, quantization_config
-    from align.stages.sft import lora_config
+    from align.stages.training import lora_config
 
     model, _ = load_for_training(tiny_model_dir, quantization=quantization_config("4bit", lora=True, where="q"))
     model = get_peft_model(model, lora_config(LORA, "lora"))
