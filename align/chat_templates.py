@@ -252,7 +252,10 @@ def context_findings(path, spec: dict, where: str) -> tuple[list[str], list[str]
         return [f"{where}.context_check: expected one of {', '.join(CONTEXT_CHECK)}; got {mode!r}."], []
     if mode == "off":
         return [], [f"{where}: context check off"]
-    tokenizer = load_tokenizer(path, field=where)
+    try:
+        tokenizer = load_tokenizer(path, field=where)
+    except Exception as e:  # noqa: BLE001 -- validate's model check says what is missing; the run would say it too
+        return [], [f"{where}: context not checked (its tokenizer does not load: {' '.join(str(e).split())[:200]})"]
     value = spec.get("chat_template")
     if value == "default" or (value is None and tokenizer.chat_template is None):
         tokenizer.chat_template = default_template(tokenizer)

@@ -73,7 +73,10 @@ def model_findings(spec: dict, key: str, path: str, where: str, *, classifier_ke
     if key in ("model", "policy"):
         problems, notes = context_findings(path, spec, where)
     if key in classifier_keys:
-        note = scalar_head_note(path)
+        try:
+            note = scalar_head_note(path)
+        except Exception:  # noqa: BLE001 -- a config transformers cannot read: the stage's loading reports it
+            note = None
         notes += [f"{where}.{key}: {note}"] if note else []
     return problems, notes
 
