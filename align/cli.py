@@ -1,4 +1,5 @@
-"""The ``align`` command: run | validate | generate | compare. A user mistake prints one paragraph and exits 2."""
+"""The ``align`` command: run | validate | generate | compare. A user mistake prints one paragraph and exits 2;
+a run stopped by SIGTERM/SIGINT after saving a checkpoint exits 75 (``align.preemption``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import logging
 import os
 import sys
 
+from align.checkpoints import disk_error
 from align.errors import AlignError
+from align.preemption import EXIT_PREEMPTED, Preempted
 
 
 def split_names(text: str | None) -> list[str] | None:
@@ -28,7 +31,8 @@ def cmd_run(args) -> int:
     for recipe in recipes:
         if recipe.variant:
             print(f"align: run {recipe.variant} of {len(recipes)} -> {recipe.output_dir}")
-        results = run_recipe(recipe, only=only, from_stage=args.from_stage, force=args.force, checked=True)
+        results = run_recipe(recipe, only=only, from_stage=args.from_stage, force=args.force, checked=True,
+                             wait=not args.no_wait)
         finished.append((recipe, results))
     from accelerate import PartialState
 
@@ -113,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--only", help="comma-separated stages to run (their inputs must be finished)")
             p.add_argument("--from", dest="from_stage", help="re-run this stage and run every later one")
             p.add_argument("--force", action="store_true", help="re-run selected stages even if finished")
+            p.add_argument("--no-wait", action="store_true",
+                           help="stop (exit 2) instead of waiting when another run is building a stage of this folder")
     p = sub.add_parser("generate", help="sample responses from a stage's model", parents=[common])
     p.add_argument("stage_dir", help="a stage folder (pretrain, sft, dpo, ppo, ...) or a model folder")
     p.add_argument("--prompt", action="append", required=True, help="a user message (repeatable)")
@@ -186,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         print("align: interrupted; finished stages are kept and an unfinished one resumes on the next run.",
               file=sys.stderr)
         return 130
+    except Preempted as e:  # SIGTERM/SIGINT: a checkpoint was saved; a distinct exit code
+        print(f"align: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except OSError as e:  # a full disk or read-only folder outside a stage (caches, markers)
+        disk = disk_error(e, os.getcwd())
+        if disk is None:
+            raise
+        print(f"align: error: {disk}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

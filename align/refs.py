@@ -6,7 +6,9 @@ import re
 
 STAGE_NAME = r"[A-Za-z0-9_.\-]+"
 REF_PATTERN = re.compile(rf"^\$\{{stages\.({STAGE_NAME})\}}$")  # a whole value that is a reference
-UNQUOTED_REF = re.compile(rf"""(?<!["'])(\$\{{stages\.{STAGE_NAME}\}})(?!["'])""")  # one YAML flow syntax would refuse
+# a whole unquoted value only (YAML flow syntax would refuse it): `${stages.sft}x` stays as written, so the
+# error names the field, not align's quotes
+UNQUOTED_REF = re.compile(rf"""(?<!["'\w$])(\$\{{stages\.{STAGE_NAME}\}})(?=[ \t]*(?:[,}}\]]|\#|$))""", re.M)
 
 
 def plain(spec: dict) -> dict:

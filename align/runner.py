@@ -13,7 +13,10 @@ import logging
 import shutil
 import time
 
+from align import preemption
+from align.checkpoints import disk_error
 from align.errors import AlignError
+from align.lock import StageLocks
 from align.recipe import Recipe
 from align.stages.context import StageContext
 from align.state import (ATTEMPTS, attempt_dir, discard_failed_attempt, fingerprint_parts, plan, prepare_stage_dir,
@@ -35,10 +38,20 @@ def check_stages(recipe: Recipe, names: list[str]) -> None:
 
 
 def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str | None = None,
-               force: bool = False, echo=print, checked: bool = False) -> dict[str, dict]:
+               force: bool = False, echo=print, checked: bool = False, wait: bool = True) -> dict[str, dict]:
     """Run the stages the plan selects; returns each stage's metrics (``cached: True`` for those it skipped).
     ``--from X`` re-runs X even if done. ``checked``: the caller has run the stages' checks (``align run`` does,
-    through ``align.validate.check_recipe``), so they are not run twice."""
+    through ``align.validate.check_recipe``), so they are not run twice.
+
+    Each stage is built under its lock (``align.lock``: another run on the folder waits, or with ``wait=False``
+    stops); SIGTERM/SIGINT save a checkpoint and raise ``preemption.Preempted``."""
+    with StageLocks(echo=echo, wait=wait) as locks, preemption.handle_signals():
+        return _run_recipe(recipe, only=only, from_stage=from_stage, force=force, echo=echo, checked=checked,
+                           locks=locks)
+
+
+def _run_recipe(recipe: Recipe, *, only: list[str] | None, from_stage: str | None, force: bool, echo,
+                checked: bool, locks: StageLocks) -> dict[str, dict]:
     from accelerate import PartialState
     from transformers import set_seed
 
@@ -62,26 +75,32 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
         check_stages(recipe, [s.name for s in selected])
     if state.is_main_process:
         for stage in recipe.stages.values():
-            recover_stage_dir(stage.out_dir)
+            if locks.try_hold(stage.out_dir):  # a stage another run is building is left to it
+                recover_stage_dir(stage.out_dir)
+        locks.release()
     state.wait_for_everyone()
     steps = [s for s in plan(recipe, only=only, from_stage=from_stage, force=force) if s.action != "skip"]
     results: dict[str, dict] = {}
     for index, step in enumerate(steps, 1):
         stage = recipe.stages[step.stage]
         header = f"[{index}/{len(steps)}] {stage.name} ({stage.kind})"
+        preemption.check(stage.name)  # a signal between stages stops here
+        forced = step.reason == "forced"
+        if step.action != "cached":
+            locks.hold(stage.out_dir, state)  # one run builds a stage at a time; it may have finished it meanwhile
         marker = read_marker(stage.out_dir)
-        if step.action == "cached":
+        parts = None if step.action == "cached" else fingerprint_parts(recipe, stage)  # inputs made earlier now exist
+        done_meanwhile = bool(parts and marker and marker.get("spec_hash") == short_hash(parts) and not forced)
+        if step.action == "cached" or done_meanwhile:
             if state.is_main_process:
-                echo(f"{header}: done, skipping ({stage.out_dir})")
+                echo(f"{header}: done, skipping ({stage.out_dir}{'; built by another run' if done_meanwhile else ''})")
             results[stage.name] = {**marker.get("metrics", {}), "cached": True}
             continue
-        parts = fingerprint_parts(recipe, stage)  # now: the inputs made earlier in this run are finished
         if parts is None:
             unfinished = [d for d in stage.deps if read_marker(recipe.stages[d].out_dir) is None]
             raise AlignError(f"stage {stage.name} needs {', '.join(unfinished)} to have finished; run them first "
                              f"(drop --only, or add them to it).")
         digest = short_hash(parts)
-        forced = step.reason == "forced"
         # A finished result stays in place until the new attempt has finished; a first attempt runs in place.
         work = attempt_dir(stage.out_dir) if marker else stage.out_dir
         if state.is_main_process:
@@ -101,9 +120,12 @@ def run_recipe(recipe: Recipe, *, only: list[str] | None = None, from_stage: str
         started = time.time()
         try:
             metrics = stage_kind(stage.kind).run(StageContext(recipe, stage, state, work_dir=work)) or {}
-        except BaseException:
+        except BaseException as error:
             if state.is_main_process:
                 discard_failed_attempt(work, stage.out_dir)
+            disk = disk_error(error, work)  # a full disk said in words (exit 2)
+            if disk is not None:
+                raise disk from error
             raise
         metrics = relocate({**metrics, "stage_seconds": round(time.time() - started, 1)}, work, stage.out_dir)
         state.wait_for_everyone()

@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from align.checkpoints import atomic_write_json
 from align.errors import AlignError, suggest
 from align.refs import StageRef, plain
-from align.version import __version__
+from align import version
 
 if TYPE_CHECKING:  # the run state reads a resolved recipe; it does not load one
     from align.recipe import Recipe, Stage
@@ -45,14 +46,13 @@ def read_marker(stage_dir: str | Path) -> dict | None:
     path = Path(stage_dir) / MARKER
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # NotADirectory: output_dir under a file
         return None
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    """Through a fsync'd temporary name and one rename (``align.checkpoints``); a full disk is an AlignError."""
+    atomic_write_json(path, payload)
 
 
 def write_marker(stage_dir: Path, stage: Stage, digest: str, parts: dict, metrics: dict) -> dict:
@@ -146,7 +146,7 @@ def fingerprint_parts(recipe: Recipe, stage: Stage) -> dict[str, str] | None:
         return value
 
     parts = {"spec": short_hash({"kind": stage.kind, "spec": canonical(stage.spec)}), "seed": str(recipe.seed),
-             "align": str(__version__)}
+             "align": str(version.__version__)}
     for dep, marker in markers.items():
         parts[f"input {dep}"] = str(marker.get("fingerprint"))
 

@@ -93,7 +93,8 @@ def test_a_crash_in_a_rerun_keeps_the_previous_result_and_a_later_run_swaps_in_t
     assert marker["spec_hash"] != old_marker["spec_hash"] and marker["fingerprint"] != old_marker["fingerprint"]
     assert json.loads((run_dir / "sft" / "adapter_config.json").read_text())["r"] == 2
     assert not (run_dir / "sft" / "partial.txt").exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["pretrain", "sft", "tokenizer"]  # no attempt or old folder
+    assert sorted(p.name for p in run_dir.iterdir()) == [".locks", "pretrain", "sft", "tokenizer"]  # no attempt or old
+    assert sorted(p.name for p in (run_dir / ".locks").iterdir()) == ["pretrain.lock", "sft.lock", "tokenizer.lock"]
     after = snapshot(run_dir)
     assert {k: v for k, v in after.items() if not k.startswith("sft/")} == \
            {k: v for k, v in before.items() if not k.startswith("sft/")}

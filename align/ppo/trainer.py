@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -47,8 +48,9 @@ from transformers import TrainerControl, TrainerState, get_scheduler
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 from transformers.trainer_pt_utils import get_parameter_names
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint, rotate_checkpoints, set_seed
+from transformers.trainer_utils import TrainOutput, rotate_checkpoints, set_seed
 
+from align.checkpoints import last_complete, write_manifest
 from align.eval.generation import declared_decoding, prompt_ids
 from align.ppo import core, sharding
 from align.ppo.config import PPOConfig
@@ -533,7 +535,7 @@ class PPOTrainer:
 
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete(self.args.output_dir)  # incomplete ones set aside
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint-N folder")
         if resume_from_checkpoint:
@@ -571,6 +573,10 @@ class PPOTrainer:
                            {"train_runtime": time.time() - started, "episode": state.global_step * self.episodes_per_step})
 
     # ------------------------------------------------------------------ saving and resuming
+    def add_callback(self, callback) -> None:
+        """A ``TrainerCallback`` (class or instance), as ``Trainer.add_callback``."""
+        self.callback_handler.add_callback(callback)
+
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """The policy (the adapter under LoRA) with the tokenizer; the value model under value_model/.
         Only the main process writes. Sharded, the weights are gathered first, so every process must call
@@ -603,8 +609,13 @@ class PPOTrainer:
         trainer_state.json. Every process must call it."""
         import torch.distributed.checkpoint as dcp
 
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        folder.mkdir(parents=True, exist_ok=True)
+        # written under a temporary name, renamed to checkpoint-N once complete (with its manifest)
+        final = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        folder = final.with_name(f".tmp-{final.name}")
+        if self.accelerator.is_main_process:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
         self.save_model(folder)
         if self.sharded or self.accelerator.is_main_process:  # replicated, one copy is the whole state
             dcp.save(self._training_state(), checkpoint_id=str(folder / TRAINING_STATE), no_dist=not self.sharded)
@@ -618,7 +629,11 @@ class PPOTrainer:
         torch.save(rng, folder / self._rng_file())
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            write_manifest(folder)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(folder, final)
             rotate_checkpoints(self.args.output_dir, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
 
     def _training_state(self) -> dict:
         """What resuming needs of the model and optimizer, as torch.distributed.checkpoint state dicts (sharded

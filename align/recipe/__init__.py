@@ -8,6 +8,7 @@ Every check here runs before any training, so ``align validate`` catches mistake
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,7 @@ def load_recipes(path: str | Path, overrides: list[str] = (), *, output_dir: str
         apply_override(raw, assignment)
     if output_dir is not None:
         raw["output_dir"] = output_dir
+    check_top_level(raw, TOP_LEVEL_KEYS | {"sweep"})  # before sweeps expand: a misspelt key is named as such
     recipes = []
     for variant, expanded in expand(raw):
         recipe = build_recipe(expanded)
@@ -213,10 +215,8 @@ def build_recipe(raw: dict) -> Recipe:
     from align.stages import stage_kind
 
     raw = copy.deepcopy(raw)
-    for key in raw:
-        if key not in TOP_LEVEL_KEYS:
-            raise AlignError(f"recipe: unknown top-level key {key!r}.{suggest(key, TOP_LEVEL_KEYS)} "
-                             f"Valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}.")
+    check_top_level(raw, TOP_LEVEL_KEYS)
+    check_numbers(raw, "")
     for key in ("name", "stages"):
         if key not in raw:
             raise AlignError(f"recipe: missing required key {key!r}.")
@@ -268,6 +268,31 @@ def build_recipe(raw: dict) -> Recipe:
     return Recipe(str(raw["name"]), seed, output_dir, datasets, judges, stages, raw=raw)
 
 
+def check_top_level(raw: dict, allowed: set) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise AlignError(f"recipe: unknown top-level key {key!r}.{suggest(key, allowed)} "
+                             f"Valid keys: {', '.join(sorted(allowed))}.")
+
+
+INT64 = 2**63 - 1
+
+
+def check_numbers(value: Any, where: str) -> None:
+    """NaN, infinities and integers beyond 64 bits are never a setting: name them before a library trips on them
+    (a NaN learning rate trains silently to NaN; a huge max_steps overflows inside torch)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_numbers(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_numbers(item, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise AlignError(f"{where}: {value} is not a usable number; give a finite value.")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
+        raise AlignError(f"{where}: {value} is out of range (integers must fit in 64 bits, at most {INT64}).")
+
+
 def section(raw: dict, key: str) -> dict:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
@@ -314,7 +339,7 @@ def dataset_deps(value, where, datasets, stages, output_dir) -> list[str]:
 def judge_deps(value, where, judges, stages, output_dir) -> list[str]:
     deps: list[str] = []
     for name in value if isinstance(value, list) else [value]:
-        if name not in judges:
+        if not isinstance(name, str) or name not in judges:
             raise AlignError(f"{where}: no judge named {name!r} in the recipe's judges.{suggest(name, judges)}"
                              f" Defined: {', '.join(judges) or 'none'}.")
         resolve_refs(judges[name], f"judges.{name}", stages, output_dir, deps)

@@ -48,12 +48,12 @@ def resolve_extends(raw: dict, path: Path, read_yaml, seen: tuple = ()) -> dict:
     if "extends" not in raw:
         return raw
     parent = raw.pop("extends")
-    if not isinstance(parent, str):
+    if not isinstance(parent, str) or not parent.strip():
         raise AlignError(f"{path}: extends: expected the path of another recipe, got {parent!r}.")
     base_path = (path.parent / parent).resolve()
     if base_path in seen:
         raise AlignError(f"{path}: extends: {parent} extends this recipe again (a cycle).")
-    if not base_path.exists():
+    if not base_path.is_file():
         raise AlignError(f"{path}: extends: {parent} does not exist (looked for {base_path}).")
     base = resolve_extends(read_yaml(base_path), base_path, read_yaml, (*seen, base_path))
     return merge(base, raw)
@@ -115,6 +115,8 @@ def fan_out_mappings(value, variants: dict[str, list[str]]):
 def expand_stages(raw: dict, sweep: dict) -> dict:
     """One recipe whose swept stages (and the stages built on them) are replaced by their variants."""
     stages = raw.get("stages") or {}
+    if not isinstance(stages, dict):
+        raise AlignError(f"stages: expected a mapping of names to specs, got {type(stages).__name__}.")
     axes = stage_axes(sweep, stages)
     variants: dict[str, list[str]] = {}  # a swept stage -> its variants' names
     expanded: dict = {}

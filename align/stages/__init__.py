@@ -138,7 +138,7 @@ class StageKind:
 
 def stage_kind(kind: str, *, where: str = "kind") -> StageKind:
     """The contract of stage kind ``kind``; an unknown kind is an AlignError naming ``where``."""
-    if kind not in STAGE_KINDS:
+    if not isinstance(kind, str) or kind not in STAGE_KINDS:  # a mapping or list here is unhashable
         raise AlignError(f"{where}: unknown stage kind {kind!r}.{suggest(kind, STAGE_KINDS)} "
                          f"Available: {', '.join(STAGE_KINDS)}.")
     return StageKind(kind, importlib.import_module(STAGE_KINDS[kind]))

@@ -151,12 +151,20 @@ class StageContext:
         if self.is_main_process:
             tokenizer.save_pretrained(self.out_dir)
 
-    def resume_checkpoint(self) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
+    def resume_checkpoint(self, trainer=None) -> str | None:
+        """The newest complete checkpoint of this attempt (incomplete ones set aside, ``align.checkpoints``). Given
+        the trainer, it also gets the callback that writes checkpoint manifests and stops cleanly on SIGTERM."""
+        from align import preemption
+        from align.checkpoints import last_complete
 
+        if trainer is not None:
+            trainer.add_callback(preemption.checkpoint_callback(self.name))
         if not self.out_dir.exists():
             return None
-        checkpoint = get_last_checkpoint(str(self.out_dir))
+        checkpoint = last_complete(self.out_dir) if self.is_main_process else None  # the main process sets aside
+        self.state.wait_for_everyone()
+        if not self.is_main_process:
+            checkpoint = last_complete(self.out_dir)
         if checkpoint:
             log.info("resuming %s from %s", self.name, checkpoint)
         return checkpoint

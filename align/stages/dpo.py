@@ -52,7 +52,7 @@ def run(ctx) -> dict:
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train, eval_dataset=evals,
                          processing_class=tokenizer, peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     fp32_adapters_without_autocast(trainer.model, args)
-    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/accuracies" in h), {})
     metrics.update({k: v for k, v in last.items() if k.startswith(("rewards/", "logps/"))})

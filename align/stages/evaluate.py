@@ -36,7 +36,7 @@ KEYS = {
     "chat_template": "the template prompts are rendered with: a TRL-shipped name, default, or a .jinja file "
                      "(default: each policy's own; align's default for a model without one)",
 }
-TYPES = {"limit": int, "n_bootstrap": int, "chat": bool, "reference": str}
+TYPES = {"limit": int, "n_bootstrap": int, "chat": bool, "reference": str, "length_anchors": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32}
 KL_ESTIMATOR = ("k1: mean over the policy's own samples of sum_t [log pi(a_t|s_t) - log pi_ref(a_t|s_t)] "
                 "(unbiased); kl_k3 is the lower-variance, always non-negative k3 estimator")
@@ -229,9 +229,7 @@ def run(ctx) -> dict:
                          for name, module, args in metric_specs(ctx)],
                "perplexity": load_metric("perplexity", ctx.where("heldout")) if "heldout" in ctx.spec else None}
     generation = ctx.options("generation", GENERATION_DEFAULTS)
-    anchors = ctx.spec.get("length_anchors", True)
-    if not isinstance(anchors, bool):
-        raise AlignError(f"{ctx.where('length_anchors')}: expected true or false, got {anchors!r}.")
+    anchors = ctx.spec.get("length_anchors", True)  # its type is checked with the stage's TYPES
     prompts_ds = ctx.dataset("prompts", expected=EXPECTED["prompts"])
     prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
     heldout = ctx.dataset("heldout", expected=EXPECTED["heldout"])["text"] if "heldout" in ctx.spec else None

@@ -75,7 +75,7 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     except ValueError as e:  # batch/generation sizes that do not divide, mostly
         raise AlignError(f"{ctx.where('args')}: {trainer_class.__name__} rejected the settings: {e}") from None
     fp32_adapters_without_autocast(trainer.model, args)
-    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
     logs = [h for h in trainer.state.log_history if "reward" in h]
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
                "reward_first": logs[0]["reward"] if logs else None, "reward_last": logs[-1]["reward"] if logs else None,

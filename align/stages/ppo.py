@@ -85,7 +85,7 @@ def run(ctx) -> dict:
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")),
                          value_peft_config=lora_config(ctx.spec["value_lora"], ctx.where("value_lora"), task_type="SEQ_CLS")
                          if ctx.spec.get("value_lora") else None)
-    trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
     history = trainer.state.log_history
     train_logs = [h for h in history if "objective/scores" in h]
     eval_logs = [h for h in history if "eval/score" in h]

@@ -165,7 +165,7 @@ def run(ctx) -> dict:
     if ctx.is_main_process:
         print(f"pretrain: {n_params:,} parameters, {len(train_blocks):,} blocks of {block_size} tokens, "
               f"{len(eval_blocks):,} held out, world size {world}")
-    train_result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    train_result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
     eval_metrics = trainer.evaluate()
     tokens_seen = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * world * block_size
     predicted_tokens = len(eval_blocks) * (block_size - 1)

@@ -63,7 +63,7 @@ def run(ctx) -> dict:
     if len(trainer.train_dataset) == 0:
         raise AlignError(f"stages.{ctx.name}: every training pair is longer than args.max_length={args.max_length} "
                          f"tokens and was dropped, so there is nothing to train on; raise max_length.")
-    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
     if len(trainer.eval_dataset) == 0:
         raise AlignError(f"stages.{ctx.name}: every held-out pair is longer than args.max_length={args.max_length} "
                          f"tokens and was dropped, so accuracy cannot be measured; raise max_length.")

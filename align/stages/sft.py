@@ -102,7 +102,7 @@ def run(ctx) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     fp32_adapters_without_autocast(trainer.model, args)
-    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
+    result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
     metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
                "generation_prompt": ctx.spec.get("generation_prompt") or "template"}
     if evals is not None:

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-MARKER = ".align_complete.json"
+from align.state import MARKER
 
 
 def write_stage(run: Path, stage: str, kind: str, *, log_history: list | None = None, metrics: dict | None = None,
