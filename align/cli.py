@@ -147,6 +147,15 @@ LIBRARIES = ("bitsandbytes", "transformers", "trl", "peft", "accelerate", "datas
              "urllib3", "filelock", "huggingface_hub")
 
 
+SURFACED = ("is not a prefix",)  # TRL's words when the tokenized prompt is not where prompt+completion diverges
+SURFACING = ("trl.trainer.sft_trainer", "trl.trainer.dpo_trainer", "trl.trainer.kto_trainer")  # loggers that say it
+
+
+def surfaced_trl_warnings(record: logging.LogRecord) -> bool:
+    """In quiet mode only TRL's errors pass, and its warnings that the trained context is not the sampled one."""
+    return record.levelno >= logging.ERROR or any(words in record.getMessage() for words in SURFACED)
+
+
 def quiet_libraries() -> None:
     """Library warnings a user cannot act on (bitsandbytes' missing CPU kernels, deprecations inside transformers,
     dataset map bars) stay out of align's output; ``--verbose`` shows them."""
@@ -157,6 +166,11 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars; training bars stay
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in SURFACING:  # except TRL's warning that it trains a context other than the one sampled
+        trainer = logging.getLogger(name)  # (a logger's filters see only its own records: set on the emitters)
+        trainer.setLevel(logging.WARNING)
+        if surfaced_trl_warnings not in trainer.filters:
+            trainer.addFilter(surfaced_trl_warnings)
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=rf"({'|'.join(LIBRARIES)})(\..*)?$")
 

@@ -7,7 +7,9 @@ accept both, so a later stage never needs to know how an earlier one was trained
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from align.errors import AlignError
 from align.launch import tensor_parallel_size
+
+log = logging.getLogger("align")
 
 # Llama-style decoder-only sizes (RMSNorm, SwiGLU, RoPE, grouped-query attention).
 PRESETS: dict[str, dict] = {
@@ -226,6 +230,60 @@ def resolve_dtype(value=None, *, training: bool = False, field: str = "dtype"):
     return DTYPES[value]
 
 
+def sequence_classifier_class(config):
+    """The sequence-classification class for ``config``'s family. transformers has none for some families (Granite,
+    GraniteMoE, OLMoE, ...); for those, align builds the standard one (transformers' ``GenericForSequenceClassification``:
+    the causal LM's backbone plus a bias-free linear ``score`` head, as Llama's and Qwen's are) and registers it with
+    ``AutoModelForSequenceClassification``, so a reward model saved from it loads like any other (and would load with
+    transformers' own class, should one appear: same name, same weight names)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    config_class = type(config)
+    if config_class in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        return MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[config_class]
+    if config_class not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise AlignError(f"{config.model_type} models have neither a sequence-classification nor a causal-LM class in "
+                         f"transformers, so align cannot build a reward or value model from them.")
+    return _scalar_head_class(config_class)
+
+
+@functools.cache
+def _scalar_head_class(config_class):
+    from transformers import AutoModelForSequenceClassification, PreTrainedModel
+    from transformers.modeling_layers import GenericForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    base = next(c for c in MODEL_FOR_CAUSAL_LM_MAPPING[config_class].__mro__[1:]
+                if issubclass(c, PreTrainedModel) and c is not PreTrainedModel)
+    name = base.__name__.removesuffix("PreTrainedModel") + "ForSequenceClassification"
+    cls = type(name, (GenericForSequenceClassification, base), {"__module__": __name__})
+    AutoModelForSequenceClassification.register(config_class, cls, exist_ok=True)
+    log.info("%s has no sequence-classification class in transformers: align builds one from its backbone with a "
+             "scalar score head (%s)", config_class.model_type, name)
+    return cls
+
+
+def scalar_head_note(path: str | Path) -> str | None:
+    """What align will do for a reward or value model from ``path`` when transformers has no sequence-classification
+    class for its family (``align validate`` says it); None when transformers has one."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(base_model_path(path))
+    if config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        return None
+    name = sequence_classifier_class(config).__name__
+    return (f"transformers has no sequence-classification class for {config.model_type}; align builds the reward/value "
+            f"model from its causal LM's backbone with a scalar score head ({name})")
+
+
+def register_sequence_classifier(path: str | Path) -> None:
+    """Make a saved classifier of a family without a transformers class loadable by ``AutoModelForSequenceClassification``."""
+    from transformers import AutoConfig
+
+    sequence_classifier_class(AutoConfig.from_pretrained(path))
+
+
 def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labels: int = 1, dtype=None,
                              training: bool = True):
     """A scalar-head classifier (reward/value model) initialised from a causal LM or a classifier.
@@ -238,16 +296,60 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
     path = resolve_model_path(path, field=field)
     tokenizer = load_tokenizer(path, field=field)
     dtype = resolve_dtype(dtype, training=training, field=field)
-    if not is_adapter(path) and "ForSequenceClassification" in str(AutoConfig.from_pretrained(path).architectures):
+    config = AutoConfig.from_pretrained(base_model_path(path))
+    sequence_classifier_class(config)
+    if not is_adapter(path) and "ForSequenceClassification" in str(config.architectures):
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
     else:
         # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
         lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=dtype)  # copied into an unsharded classifier
         lm.config.num_labels = num_labels
-        model = AutoModelForSequenceClassification.from_config(lm.config, dtype=lm.dtype)
+        model = sequence_classifier_class(lm.config)._from_config(lm.config, dtype=lm.dtype)
         model.base_model.load_state_dict(lm.base_model.state_dict())
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# Config keys a stage means to change when it saves: a reward model's head and labels, the float32 master weights,
+# the pad id align sets for batching. Every other value the checkpoint shipped is saved as it shipped.
+INTENDED_CONFIG_CHANGES = frozenset({"architectures", "dtype", "torch_dtype", "num_labels", "id2label", "label2id",
+                                     "problem_type", "pad_token_id", "transformers_version", "_name_or_path",
+                                     "vocab_size"})
+
+
+def shipped_config(source) -> dict | None:
+    """The ``config.json`` of the checkpoint a stage started from (an adapter's base), or None when there is none
+    (a model built from a preset, a hub id not on disk)."""
+    if not isinstance(source, (str, Path)):
+        return None
+    try:
+        folder = Path(base_model_path(source))
+    except AlignError:
+        return None
+    file = folder / "config.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def restore_shipped_config(model, source) -> list[str]:
+    """Put back every scalar config value of ``source``'s checkpoint that training switched, e.g. TRL's SFTTrainer
+    turns ``output_router_logits`` on for a MoE's auxiliary loss, and a model saved with it on fails in the next
+    stage's ``generate``. Returns the keys restored (a training-time setting must not leak into a saved artifact)."""
+    shipped = shipped_config(source)
+    if shipped is None:
+        return []
+    config = model.config
+    current = config.to_dict()
+    restored = []
+    for key, value in shipped.items():
+        if (key in INTENDED_CONFIG_CHANGES or isinstance(value, (dict, list)) or key not in current
+                or current[key] == value):
+            continue
+        setattr(config, key, value)
+        restored.append(key)
+    if restored:
+        log.info("saving the model with the config values its checkpoint shipped (training had changed %s)",
+                 ", ".join(f"{k}={current[k]!r}" for k in restored))
+    return restored
 
 
 # --------------------------------------------------------------------------- QLoRA (bitsandbytes)

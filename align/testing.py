@@ -150,6 +150,35 @@ MISTRAL_V03_CHAT_TEMPLATE = """{%- if messages[0]["role"] == "system" %}
 """
 
 
+# granite-3.0-2b-instruct's chat template (tokenizer_config.json), verbatim: no BOS, role markers as added tokens,
+# every turn closed by <|end_of_text|> (which is also its BOS, EOS, PAD and UNK).
+GRANITE3_CHAT_TEMPLATE = """{%- if tools %}
+    {{- '<|start_of_role|>available_tools<|end_of_role|>\n' }}
+    {%- for tool in tools %}
+    {{- tool | tojson(indent=4) }}
+    {%- if not loop.last %}
+        {{- '\n\n' }}
+    {%- endif %}
+    {%- endfor %}
+    {{- '<|end_of_text|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message['role'] == 'system' %}
+    {{- '<|start_of_role|>system<|end_of_role|>' + message['content'] + '<|end_of_text|>\n' }}
+    {%- elif message['role'] == 'user' %}
+    {{- '<|start_of_role|>user<|end_of_role|>' + message['content'] + '<|end_of_text|>\n' }}
+    {%- elif message['role'] == 'assistant' %}
+    {{- '<|start_of_role|>assistant<|end_of_role|>'  + message['content'] + '<|end_of_text|>\n' }}
+    {%- elif message['role'] == 'assistant_tool_call' %}
+    {{- '<|start_of_role|>assistant<|end_of_role|><|tool_call|>' + message['content'] + '<|end_of_text|>\n' }}
+    {%- elif message['role'] == 'tool_response' %}
+    {{- '<|start_of_role|>tool_response<|end_of_role|>' + message['content'] + '<|end_of_text|>\n' }}
+    {%- endif %}
+    {%- if loop.last and add_generation_prompt %}
+    {{- '<|start_of_role|>assistant<|end_of_role|>' }}
+    {%- endif %}
+{%- endfor %}"""
+
 class Tok(NamedTuple):
     """A special (or added) token as the real tokenizer.json declares it."""
 
@@ -171,7 +200,7 @@ class Family:
     config_class: str                # transformers config class
     arch: dict[str, Any]             # tiny sizes plus the real architectural quirks (no token ids)
     config_ids: dict[str, Any]       # bos/eos/pad_token_id of config.json, as token strings (or lists)
-    style: str                       # pre-tokenization: gpt2 | llama3 | qwen | spm | gemma
+    style: str                       # pre-tokenization: gpt2 | llama3 | qwen | qwen_bos | spm | gemma
     tokenizer_class: str             # what the real tokenizer_config.json declares
     bos: str | None
     eos: str
@@ -401,6 +430,84 @@ _FAMILIES = [
         tokenizer_kwargs={"model_max_length": VERY_LARGE_INTEGER, "errors": "replace"},
         tokenizer_config={"add_bos_token": True},
     ),
+    Family(
+        name="granite3", hub_id="ibm-granite/granite-3.0-2b-instruct", config_class="GraniteConfig",
+        # muP multipliers and logits_scaling; transformers has no GraniteForSequenceClassification
+        arch={**_SMALL, "num_key_value_heads": 2, "tie_word_embeddings": True, "rms_norm_eps": 1e-5,
+              "embedding_multiplier": 12.0, "attention_multiplier": 0.015625, "residual_multiplier": 0.22,
+              "logits_scaling": 8.0, "attention_dropout": 0.1, "attention_bias": False, "mlp_bias": False,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+        config_ids={"bos_token_id": "<|end_of_text|>", "eos_token_id": "<|end_of_text|>",
+                    "pad_token_id": "<|end_of_text|>"},
+        style="gpt2", tokenizer_class="GPT2Tokenizer",
+        bos="<|end_of_text|>", eos="<|end_of_text|>", pad="<|end_of_text|>", unk="<|end_of_text|>", add_bos=False,
+        dtype="bfloat16",
+        generation={"_from_model_config": True, "bos_token_id": "<|end_of_text|>", "eos_token_id": "<|end_of_text|>",
+                    "pad_token_id": "<|end_of_text|>"},
+        chat_template=GRANITE3_CHAT_TEMPLATE,
+        head=_toks("<|end_of_text|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>",
+                   "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>",
+                   "<jupyter_text>", "<jupyter_code>", "<jupyter_output>", "<empty_output>", "<commit_before>",
+                   "<commit_msg>", "<commit_after>", "<reponame>"),
+        tail=_toks("<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>"),
+        tokenizer_kwargs={"model_max_length": 9223372036854775807, "padding_side": "left",
+                          "clean_up_tokenization_spaces": True,
+                          "additional_special_tokens": ["<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>"]},
+    ),
+    Family(
+        name="qwen3_moe", hub_id="Qwen/Qwen3-30B-A3B", config_class="Qwen3MoeConfig",
+        # sparse MoE on every layer (128 experts, 8 active in the real one), router aux loss 0.001, untied head
+        arch={**_SMALL, "num_key_value_heads": 2, "head_dim": 32, "tie_word_embeddings": False,
+              "rms_norm_eps": 1e-6, "attention_bias": False, "use_sliding_window": False,
+              "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1,
+              "mlp_only_layers": [], "norm_topk_prob": True, "output_router_logits": False,
+              "router_aux_loss_coef": 0.001,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
+        config_ids={"bos_token_id": "<|endoftext|>", "eos_token_id": "<|im_end|>"},
+        style="qwen", tokenizer_class="Qwen2Tokenizer",
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, add_bos=False, dtype="bfloat16",
+        generation={"bos_token_id": "<|endoftext|>", "pad_token_id": "<|endoftext|>", "do_sample": True,
+                    "eos_token_id": ["<|im_end|>", "<|endoftext|>"], "temperature": 0.6, "top_p": 0.95,
+                    "top_k": 20},
+        chat_template="trl:qwen3", vocab_multiple=128,
+        tail=QWEN25_TAIL + _toks("<tool_response>", "</tool_response>", "<think>", "</think>", special=False),
+        tokenizer_kwargs={"model_max_length": 131072, "clean_up_tokenization_spaces": False,
+                          "errors": "replace", "split_special_tokens": False,
+                          "additional_special_tokens": QWEN_ADDITIONAL},
+    ),
+    Family(
+        name="r1_distill", hub_id="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", config_class="Qwen2Config",
+        # Qwen2 weights, DeepSeek's tokenizer: Qwen's split regex, a BOS added by the post-processor and written again
+        # by the template, a template that drops <think>...</think> from replies and opens <think> to sample
+        arch={**_SMALL, "num_key_value_heads": 2, "tie_word_embeddings": False, "rms_norm_eps": 1e-6,
+              "use_sliding_window": False, "sliding_window": None,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+        config_ids={"bos_token_id": "<｜begin▁of▁sentence｜>", "eos_token_id": "<｜end▁of▁sentence｜>"},
+        style="qwen_bos", tokenizer_class="LlamaTokenizerFast",
+        bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜end▁of▁sentence｜>", unk=None, add_bos=True,
+        dtype="bfloat16",
+        generation={"_from_model_config": True, "bos_token_id": "<｜begin▁of▁sentence｜>",
+                    "eos_token_id": "<｜end▁of▁sentence｜>", "do_sample": True, "temperature": 0.6, "top_p": 0.95},
+        chat_template="trl:deepseek_r1_distill", vocab_multiple=128,
+        tail=(_toks("<｜end▁of▁sentence｜>") + _toks("<｜User｜>", "<｜Assistant｜>", special=False)
+              + _toks("<｜begin▁of▁sentence｜>") + _toks("<|EOT|>", "<think>", "</think>", special=False)),
+        tokenizer_kwargs={"model_max_length": 16384, "clean_up_tokenization_spaces": False, "legacy": True},
+        tokenizer_config={"add_bos_token": True, "add_eos_token": False, "legacy": True},
+    ),
+    Family(
+        name="pythia", hub_id="EleutherAI/pythia-160m", config_class="GPTNeoXConfig",
+        # parallel residual, rotary on a quarter of each head, untied head, fp16 weights, no chat template, no pad
+        arch={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "max_position_embeddings": 512, "use_parallel_residual": True, "hidden_act": "gelu",
+              "attention_dropout": 0.0, "hidden_dropout": 0.0, "layer_norm_eps": 1e-5, "tie_word_embeddings": False,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+        config_ids={"bos_token_id": "<|endoftext|>", "eos_token_id": "<|endoftext|>"},
+        style="gpt2", tokenizer_class="GPTNeoXTokenizer",
+        bos="<|endoftext|>", eos="<|endoftext|>", pad=None, unk="<|endoftext|>", add_bos=False, dtype="float16",
+        generation={"_from_model_config": True, "bos_token_id": "<|endoftext|>", "eos_token_id": "<|endoftext|>"},
+        head=_toks("<|endoftext|>", "<|padding|>"), vocab_multiple=128,
+        tokenizer_kwargs={"model_max_length": VERY_LARGE_INTEGER},
+    ),
 ]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _FAMILIES}
@@ -437,7 +544,7 @@ def _train_bpe(family: Family) -> tuple[dict[str, int], list[tuple[str, str]]]:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     elif family.style == "llama3":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"), byte_level])
-    elif family.style == "qwen":
+    elif family.style in ("qwen", "qwen_bos"):
         from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
         tok.normalizer = normalizers.NFC()
@@ -477,7 +584,7 @@ def build_tokenizer(family: Family | str):
     named = {k: v for k, v in (("bos_token", family.bos), ("eos_token", family.eos), ("pad_token", family.pad),
                                 ("unk_token", family.unk))}
     common = dict(chat_template=family.template_text(), **family.tokenizer_kwargs)
-    if family.style == "llama3":
+    if family.style in ("llama3", "qwen_bos"):
         tokenizer = _llama3_tokenizer(family, vocab, merges, named, common)
     else:
         cls = {"gpt2": transformers.GPT2Tokenizer, "qwen": transformers.Qwen2Tokenizer,
@@ -491,12 +598,18 @@ def build_tokenizer(family: Family | str):
 
 
 def _llama3_tokenizer(family, vocab, merges, named, common):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    """Byte-level BPE whose post-processor adds the BOS (Llama 3; DeepSeek's Qwen-based distills, with Qwen's regex)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=family.style == "llama3"))
+    split = LLAMA3_SPLIT
+    if family.style == "qwen_bos":
+        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as split
+
+        tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"),
+        pre_tokenizers.Split(Regex(split), "isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
     tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
     tok.add_special_tokens([_added(t) for t in family.tail])

@@ -179,6 +179,8 @@ class Checker:
                 self.problem(message)
             for key, (value, what) in (self.attempt(where, kind.model_refs, stage.spec) or {}).items():
                 self.model(value, f"{where}.{key}", files=FILES[what], what=what)
+                if what == "model":
+                    self.attempt(f"{where}.{key}", self.model_findings, kind, stage, key, value, where)
             for key in kind.dataset_keys:
                 if key in stage.spec:
                     self.attempt(f"{where}.{key}", self.dataset, stage, kind, key)
@@ -218,6 +220,21 @@ class Checker:
             return
         self.problem(f"{where}: {value} does not exist (relative paths are relative to the working directory, "
                      f"{Path.cwd()}). Give a stage reference like ${{stages.sft}}, a local {what} folder or a hub id.")
+
+    def model_findings(self, kind, stage: Stage, key: str, value, where: str) -> None:
+        """What the stage will do with a model that exists already (its declared ``model_findings``): the context
+        its replies are trained and sampled in, the scalar head of a family without a classification class."""
+        path = Path(value) if isinstance(value, (str, StageRef)) else None
+        if path is None or (isinstance(value, StageRef) and read_marker(value) is None):
+            return
+        folder = model_folder(path.expanduser())
+        if folder is None:
+            return
+        problems, notes = kind.model_findings(stage.spec, key, str(folder), where)
+        for message in problems:
+            self.problem(message)
+        for text in notes:
+            self.note(text)
 
     # -- datasets
     def dataset(self, stage: Stage, kind, key: str) -> None:

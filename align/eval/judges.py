@@ -106,9 +106,10 @@ def load_reward_model(path, name: str):
     """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from align.models import is_adapter, load_tokenizer, resolve_model_path
+    from align.models import is_adapter, load_tokenizer, register_sequence_classifier, resolve_model_path
 
     path = resolve_model_path(path, field=f"judges.{name}.reward_model")
+    register_sequence_classifier(path)  # a family transformers has no classifier class for: align's scalar head
     if is_adapter(path):
         from peft import AutoPeftModelForSequenceClassification
 

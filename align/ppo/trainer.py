@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, TrainerControl, TrainerState, get_scheduler
+from transformers import TrainerControl, TrainerState, get_scheduler
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 from transformers.trainer_pt_utils import get_parameter_names
@@ -103,9 +103,11 @@ def value_model_from_policy(model: nn.Module) -> nn.Module:
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
         raise ValueError("a 4/8-bit (bitsandbytes) policy cannot seed the value model; pass a reward_model or a "
                          "full-precision value_model, e.g. align.models.load_sequence_classifier(<policy folder>)[0]")
+    from align.models import sequence_classifier_class
+
     config = copy.deepcopy(base.config)
     config.num_labels = 1
-    value = AutoModelForSequenceClassification.from_config(config)
+    value = sequence_classifier_class(config)._from_config(config)
     # A peft-wrapped policy keeps the frozen weights in `base_layer`s; the value model takes those.
     weights = {k.replace(".base_layer", ""): v for k, v in base.base_model.state_dict().items() if "lora_" not in k}
     value.base_model.load_state_dict(weights)

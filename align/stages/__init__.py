@@ -10,7 +10,9 @@ A stage module declares, at module level:
 - ``run(ctx) -> metrics``;
 - optionally ``check(spec, where) -> list[str]``: its own rules, which its ``run`` enforces too;
   ``check_dataset(spec, key, ds, where, label)``: a rule on a loaded dataset; ``model_refs(spec)``: the model and
-  tokenizer references it loads, when they are not simply its model/policy/reward/tokenizer keys.
+  tokenizer references it loads, when they are not simply its model/policy/reward/tokenizer keys;
+  ``model_findings(spec, key, path, where) -> (problems, notes)``: what it will do with a model already on disk
+  (``align validate`` shows it: the context its replies are trained and sampled in, a scalar head it must build).
 
 The recipe, the run state, the runner and ``align validate`` read a kind only through ``StageKind``.
 """
@@ -121,6 +123,11 @@ class StageKind:
         if own is not None:
             problems += own(spec, where)
         return problems
+
+    def model_findings(self, spec: dict, key: str, path: str, where: str) -> tuple[list[str], list[str]]:
+        """(problems, notes) about the model ``spec[key]`` found at ``path``, by the kind's own ``model_findings``."""
+        own = self.declared("model_findings")
+        return own(spec, key, path, where) if own is not None else ([], [])
 
     def check_dataset(self, spec: dict, key: str, ds, where: str, label: str) -> None:
         """The kind's own rule on dataset ``key`` once loaded (``label`` names it in messages)."""

@@ -141,7 +141,11 @@ class StageContext:
 
     def save(self, trainer, tokenizer) -> None:
         """Model (or adapter), tokenizer and trainer_state.json into the stage folder. Every process
-        calls the trainer (sharded models gather on all ranks); only the main one writes."""
+        calls the trainer (sharded models gather on all ranks); only the main one writes. The model's config is
+        saved as its checkpoint shipped it, apart from what the stage means to change (``restore_shipped_config``)."""
+        from align.models import restore_shipped_config
+
+        restore_shipped_config(trainer.model, self.spec.get("model", self.spec.get("policy")))
         trainer.save_model(str(self.out_dir))
         trainer.save_state()
         if self.is_main_process:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from align.models import fp32_adapters_without_autocast
 from align.stages.training import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages import training
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -23,6 +24,9 @@ KEYS = {
     **MODEL_KEYS,
 }
 
+
+# what align validate says of its model: the context check
+model_findings = training.model_findings
 
 def config_class():
     from trl import DPOConfig

@@ -32,6 +32,7 @@ KEYS = {
     "length_anchors": "sample every policy a second time and judge it against itself (default true): the rows that "
                       "identify the length-controlled win rate's length slope (AlpacaEval's gamed-baseline rows)",
     "chat": "render prompts with each policy's chat template (default true); false continues them as raw text",
+    "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "the template prompts are rendered with: a TRL-shipped name, default, or a .jinja file "
                      "(default: each policy's own; align's default for a model without one)",
 }
@@ -83,7 +84,8 @@ def load_policy_tokenizer(ctx, path):
 
     tokenizer = load_tokenizer(path)
     if ctx.spec.get("chat", True):
-        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                              context_check=ctx.spec.get("context_check"))
     return tokenizer
 
 

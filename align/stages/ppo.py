@@ -7,12 +7,15 @@ is the SFT weights with the adapter disabled. Periodic evaluations on fixed prom
 
 from __future__ import annotations
 
+from functools import partial
+
 from align.chat_templates import prepare_chat_template
 from align.errors import AlignError
-from align.models import is_quantized, load_sequence_classifier
+from align.models import is_quantized, load_sequence_classifier, restore_shipped_config
 from align.ppo.sharding import requested_sharding
 from align.stages.grpo import reward_functions
 from align.stages.training import DEFAULT_LORA, load_for_training, lora_config
+from align.stages import training
 
 REQUIRED = ("policy", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -30,6 +33,7 @@ KEYS = {
     "quantization": "4bit or 8bit: QLoRA policy (base in 4/8 bit, LoRA trained; reference = adapter disabled); "
                     "needs lora; the value model stays full precision and fully trained",
     "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
+    "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own)",
     "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
 }
@@ -41,6 +45,9 @@ def check(spec: dict, where: str) -> list[str]:
         return [f"{where}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names]."]
     return []
 
+
+# what align validate says of its model: the context check, and the scalar head a reward/value model may need
+model_findings = partial(training.model_findings, classifier_keys=("policy",))
 
 def config_class():
     from align.ppo import PPOConfig
@@ -60,7 +67,8 @@ def run(ctx) -> dict:
     model, tokenizer = load_for_training(ctx, "policy")
     chat = bool(ctx.spec.get("chat", True))
     if chat:
-        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                              context_check=ctx.spec.get("context_check"))
     train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
     evals = ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
     # the reward model keeps its own tokenizer and template: it may be of another family than the policy
@@ -89,6 +97,7 @@ def run(ctx) -> dict:
         "eval_score_last": eval_logs[-1]["eval/score"] if eval_logs else None,
         "eval_kl_last": eval_logs[-1]["eval/kl"] if eval_logs else None,
     }
+    restore_shipped_config(trainer.policy, ctx.spec["policy"])
     trainer.save_model(str(ctx.out_dir))  # on every process: sharded weights are gathered first
     if ctx.is_main_process:
         tokenizer.save_pretrained(ctx.out_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 
 from align.errors import AlignError
+from align.stages import training
 
 REQUIRED = ("policy", "dataset", "judge")
 DATASET_KEYS = ("dataset",)
@@ -26,12 +27,15 @@ KEYS = {
     "generation": "decoding settings: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), batch_size (32)",
     "limit": "use only the first N prompts",
     "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
+    "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own; align's "
                      "default for a model without one)",
 }
 TYPES = {"samples_per_prompt": int, "min_score_gap": float, "limit": int, "chat": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32}
 
+# what align validate says of its model: the context check
+model_findings = training.model_findings
 
 def form_pairs(prompts: list, responses: list[list[str]], scores: list[list[float]], min_score_gap: float = 0.0) -> list[dict]:
     """For each prompt, the highest- and lowest-scored of its K responses, if they really differ.
@@ -75,6 +79,7 @@ def describe(pairs: list[dict], n_prompts: int, k: int) -> str:
             f"mean rejected score {statistics.fmean(p['rejected_score'] for p in pairs):.3f}.")
 
 
+
 def run(ctx) -> dict:
     import datasets
 
@@ -97,7 +102,8 @@ def run(ctx) -> dict:
     tokenizer = load_tokenizer(ctx.spec["policy"], field=ctx.where("policy"))
     chat = bool(ctx.spec.get("chat", True))
     if chat:
-        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                              context_check=ctx.spec.get("context_check"))
     if ctx.is_main_process:
         note_ignored_settings(model, ctx.where("policy"))
 

@@ -6,9 +6,12 @@ pairs where chosen outscores rejected) and the mean reward margin.
 
 from __future__ import annotations
 
+from functools import partial
+
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast, load_sequence_classifier, merge_lora
 from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages import training
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -27,6 +30,9 @@ CLASSIFIER = True  # a sequence classifier: LoRA only when `lora:` is given
 PREFERENCE_FORMATS = ("preference", "implicit_preference")
 EXPECTED = {"dataset": PREFERENCE_FORMATS, "eval_dataset": PREFERENCE_FORMATS}  # format per dataset key
 
+
+# what align validate says of its model: the context check, and the scalar head a reward/value model may need
+model_findings = partial(training.model_findings, classifier_keys=("model",))
 
 def config_class():
     from trl import RewardConfig

@@ -10,8 +10,9 @@ import logging
 from functools import partial
 
 from align.errors import AlignError
-from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_lora
+from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_lora, restore_shipped_config
 from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import model_findings  # noqa: F401 -- declared: what align validate says of its model
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -26,6 +27,9 @@ KEYS = {
     "merge": "also save the adapter merged into the base under merged/, which later stages load (default true); "
              "after QLoRA it is merged into the full-precision base, so merged/ is a normal float model",
     **MODEL_KEYS,
+    "generation_prompt": "template (default: the chat template's own) or trained: rewrite the saved template so "
+                         "every later stage samples after the prompt SFT trains replies after (for templates that "
+                         "open a think block to sample but strip it from trained replies, e.g. DeepSeek-R1's)",
 }
 TYPES = {"merge": bool}
 log = logging.getLogger("align")
@@ -57,7 +61,9 @@ def prepare_conversations(ctx, tokenizer, train, evals):
     explicitly then is an error with the choices."""
     from align.chat_templates import assistant_only_template, prepare_chat_template
 
-    prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+    prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                          context_check=ctx.spec.get("context_check"), row=train[0] if len(train) else None,
+                          generation_prompt=ctx.spec.get("generation_prompt"))
     user_args = ctx.spec.get("args") or {}
     if not user_args.get("assistant_only_loss", True) or assistant_only_template(tokenizer) is not None:
         return train, evals, {"assistant_only_loss": bool(user_args.get("assistant_only_loss", True))}
@@ -86,7 +92,7 @@ def run(ctx) -> dict:
     if "messages" in train.column_names:
         train, evals, loss = prepare_conversations(ctx, tokenizer, train, evals)
     else:
-        conversation_template(ctx, tokenizer, train)
+        conversation_template(ctx, tokenizer, train, generation_prompt=ctx.spec.get("generation_prompt"))
     args = ctx.config(
         config_class(),
         learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
@@ -97,13 +103,16 @@ def run(ctx) -> dict:
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     fp32_adapters_without_autocast(trainer.model, args)
     result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
-    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime"),
+               "generation_prompt": ctx.spec.get("generation_prompt") or "template"}
     if evals is not None:
         metrics.update(trainer.evaluate())
     ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
         if ctx.spec.get("merge", True) and hasattr(trainer.model, "merge_and_unload"):
             base = partial(load_causal_lm, ctx.spec["model"], field=ctx.where("model"), training=True)
-            merge_lora(trainer.model, base).save_pretrained(ctx.out_dir / "merged")
+            merged = merge_lora(trainer.model, base)
+            restore_shipped_config(merged, ctx.spec["model"])
+            merged.save_pretrained(ctx.out_dir / "merged")
             tokenizer.save_pretrained(ctx.out_dir / "merged")
     return metrics

@@ -9,6 +9,9 @@ from align.errors import AlignError
 MODEL_KEYS = {  # spec keys shared by every stage that trains a model
     "chat_template": "a template TRL ships (llama3, qwen2_5, gemma3, phi3, ...), default (align's User:/Assistant:), "
                      "or a .jinja file; default: the model's own, align's default if it has none",
+    "context_check": "warn (default), error or off: whether the token context this stage trains or samples after "
+                     "differs from the one the other stages use (the chat template's generation prompt against the "
+                     "rendered conversation), logged once",
     "dtype": "weights while training: float32 (default: master weights, bf16 autocast where the GPU has it), "
              "bfloat16, float16 or auto (the checkpoint's)",
 }
@@ -46,18 +49,41 @@ def load_for_training(ctx, key: str = "model", *, classifier: bool = False):
                                     dtype=ctx.spec.get("dtype"))
 
 
-def conversation_template(ctx, tokenizer, ds) -> None:
-    """Conversational data is rendered with the recipe's ``chat_template:``, the model's own, or align's default."""
+def conversation_template(ctx, tokenizer, ds, *, generation_prompt=None) -> None:
+    """Conversational data is rendered with the recipe's ``chat_template:``, the model's own, or align's default;
+    the context check runs on its first conversation."""
     from trl.data_utils import is_conversational
 
     from align.chat_templates import prepare_chat_template
 
     if len(ds) and is_conversational(ds[0]):
-        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"))
+        prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
+                              context_check=ctx.spec.get("context_check"), row=ds[0],
+                              generation_prompt=generation_prompt)
+
+
+def model_findings(spec: dict, key: str, path: str, where: str, *, classifier_keys=()) -> tuple[list[str], list[str]]:
+    """For ``align validate``: whether the model named by ``key`` (already on disk at ``path``) trains replies after the
+    context it is sampled after, and, for a key a reward or value model is built from, the scalar head a family
+    without a sequence-classification class gets. (problems, notes)"""
+    from align.chat_templates import context_findings
+    from align.models import scalar_head_note
+
+    problems, notes = [], []
+    if key in ("model", "policy"):
+        problems, notes = context_findings(path, spec, where)
+    if key in classifier_keys:
+        try:
+            note = scalar_head_note(path)
+        except Exception:  # noqa: BLE001 -- a config transformers cannot read: the stage's loading reports it
+            note = None
+        notes += [f"{where}.{key}: {note}"] if note else []
+    return problems, notes
 
 
 def training_problems(spec: dict, where: str, *, keys, classifier: bool) -> list[str]:
-    """The training keys a stage takes (``lora``, ``value_lora``, ``quantization``, ``dtype``, ``chat_template``),
+    """The training keys a stage takes (``lora``, ``value_lora``, ``quantization``, ``dtype``, ``chat_template``,
+    ``context_check``, ``generation_prompt``),
     checked as loading them would check them, without loading a model."""
     from align.fields import field_problems
 
@@ -87,6 +113,18 @@ def training_problems(spec: dict, where: str, *, keys, classifier: bool) -> list
 
         checks.append((f"{where}.chat_template", lambda: resolve_chat_template(spec["chat_template"],
                                                                                where=f"{where}.chat_template")))
+    if "context_check" in keys and spec.get("context_check") is not None:
+        from align.chat_templates import CONTEXT_CHECK
+
+        if spec["context_check"] not in CONTEXT_CHECK:
+            problems.append(f"{where}.context_check: expected one of {', '.join(CONTEXT_CHECK)}; "
+                            f"got {spec['context_check']!r}.")
+    if "generation_prompt" in keys and spec.get("generation_prompt") is not None:
+        from align.chat_templates import GENERATION_PROMPTS
+
+        if spec["generation_prompt"] not in GENERATION_PROMPTS:
+            problems.append(f"{where}.generation_prompt: expected one of {', '.join(GENERATION_PROMPTS)}; "
+                            f"got {spec['generation_prompt']!r}.")
     for label, check in checks:
         try:
             check()
