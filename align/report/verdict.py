@@ -127,8 +127,8 @@ def _num(x: float, digits: int = 2, sign: bool = False) -> str:
     return (f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}").replace("-", "−")
 
 
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+def _p(p: float, name: str = "p") -> str:
+    return f"{name} < 0.001" if p < 0.001 else f"{name} = {p:.2g}"
 
 
 def _decision(test: dict, n_tests: int) -> str:
@@ -137,9 +137,9 @@ def _decision(test: dict, n_tests: int) -> str:
     if n_tests == 1:
         return f"{_p(r['p_value'])}: {'significant' if r['significant'] else 'no difference shown'}"
     if test["significant"]:
-        return f"{_p(r['p_value'])}, Holm-adjusted {test['p_holm']:.2g} over {n_tests} tests: significant"
+        return f"{_p(r['p_value'])}, {_p(test['p_holm'], 'Holm-adjusted p')} over {n_tests} tests: significant"
     if r["significant"]:
-        return (f"{_p(r['p_value'])}, but Holm-adjusted {test['p_holm']:.2g} over {n_tests} tests: "
+        return (f"{_p(r['p_value'])}, but {_p(test['p_holm'], 'Holm-adjusted p')} over {n_tests} tests: "
                 "not significant after correction")
     return f"{_p(r['p_value'])}: no difference shown"
 
