@@ -266,6 +266,21 @@ QWEN_ADDITIONAL = ["<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|obje
                    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
                    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 
+
+# What Qwen3 and Qwen3-MoE checkpoints ship alike: tokenizer, special tokens, template, generation config.
+QWEN3_SHIPPED = dict(
+    config_ids={"bos_token_id": "<|endoftext|>", "eos_token_id": "<|im_end|>"},
+    style="qwen", tokenizer_class="Qwen2Tokenizer",
+    bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, add_bos=False, dtype="bfloat16",
+    generation={"bos_token_id": "<|endoftext|>", "pad_token_id": "<|endoftext|>", "do_sample": True,
+                "eos_token_id": ["<|im_end|>", "<|endoftext|>"], "temperature": 0.6, "top_p": 0.95, "top_k": 20},
+    chat_template="trl:qwen3", vocab_multiple=128,
+    tail=QWEN25_TAIL + _toks("<tool_response>", "</tool_response>", "<think>", "</think>", special=False),
+    tokenizer_kwargs={"model_max_length": 131072, "clean_up_tokenization_spaces": False, "errors": "replace",
+                      "split_special_tokens": False, "additional_special_tokens": QWEN_ADDITIONAL},
+)
+
+
 _FAMILIES = [
     Family(
         name="llama3", hub_id="meta-llama/Llama-3.2-1B-Instruct", config_class="LlamaConfig",
@@ -308,17 +323,7 @@ _FAMILIES = [
         arch={**_SMALL, "num_key_value_heads": 2, "head_dim": 32, "tie_word_embeddings": True,
               "rms_norm_eps": 1e-6, "attention_bias": False, "use_sliding_window": False,
               "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
-        config_ids={"bos_token_id": "<|endoftext|>", "eos_token_id": "<|im_end|>"},
-        style="qwen", tokenizer_class="Qwen2Tokenizer",
-        bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, add_bos=False, dtype="bfloat16",
-        generation={"bos_token_id": "<|endoftext|>", "pad_token_id": "<|endoftext|>", "do_sample": True,
-                    "eos_token_id": ["<|im_end|>", "<|endoftext|>"], "temperature": 0.6, "top_p": 0.95,
-                    "top_k": 20},
-        chat_template="trl:qwen3", vocab_multiple=128,
-        tail=QWEN25_TAIL + _toks("<tool_response>", "</tool_response>", "<think>", "</think>", special=False),
-        tokenizer_kwargs={"model_max_length": 131072, "clean_up_tokenization_spaces": False,
-                          "errors": "replace", "split_special_tokens": False,
-                          "additional_special_tokens": QWEN_ADDITIONAL},
+        **QWEN3_SHIPPED,
     ),
     Family(
         name="gemma3", hub_id="google/gemma-3-270m-it", config_class="Gemma3TextConfig",
@@ -463,17 +468,7 @@ _FAMILIES = [
               "mlp_only_layers": [], "norm_topk_prob": True, "output_router_logits": False,
               "router_aux_loss_coef": 0.001,
               "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
-        config_ids={"bos_token_id": "<|endoftext|>", "eos_token_id": "<|im_end|>"},
-        style="qwen", tokenizer_class="Qwen2Tokenizer",
-        bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, add_bos=False, dtype="bfloat16",
-        generation={"bos_token_id": "<|endoftext|>", "pad_token_id": "<|endoftext|>", "do_sample": True,
-                    "eos_token_id": ["<|im_end|>", "<|endoftext|>"], "temperature": 0.6, "top_p": 0.95,
-                    "top_k": 20},
-        chat_template="trl:qwen3", vocab_multiple=128,
-        tail=QWEN25_TAIL + _toks("<tool_response>", "</tool_response>", "<think>", "</think>", special=False),
-        tokenizer_kwargs={"model_max_length": 131072, "clean_up_tokenization_spaces": False,
-                          "errors": "replace", "split_special_tokens": False,
-                          "additional_special_tokens": QWEN_ADDITIONAL},
+        **QWEN3_SHIPPED,
     ),
     Family(
         name="r1_distill", hub_id="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", config_class="Qwen2Config",
@@ -509,6 +504,7 @@ _FAMILIES = [
         tokenizer_kwargs={"model_max_length": VERY_LARGE_INTEGER},
     ),
 ]
+
 
 FAMILIES: dict[str, Family] = {f.name: f for f in _FAMILIES}
 
