@@ -83,10 +83,9 @@ def decide(evaluation, *, n_bootstrap: int = 2000, seed: int = 0) -> dict | None
     if len(points["ppo"]) + len(points["dpo"]) > 2:  # a sweep: compare the methods' frontiers
         sampled = [[{"kl": per_prompt(samples, name, "kl"), "score": per_prompt(samples, name, "", judge)}
                     for name, _, _ in points[kind]] for kind in ("ppo", "dpo")]
-        reference_scores = per_prompt(samples, reference, "", judge)
-        equal = equal_kl_difference(*sampled, reference_scores, n_bootstrap=n_bootstrap, seed=seed)
+        equal = equal_kl_difference(*sampled, scores[reference], n_bootstrap=n_bootstrap, seed=seed)
         result["equal_kl"] = equal
-        result["frontiers"] = frontier_lines(equal, float(np.mean(reference_scores)))
+        result["frontiers"] = frontier_lines(equal, float(np.mean(scores[reference])))
     result["tests"] = family(result)
     result["sentence"] = sentence(result)
     return result
