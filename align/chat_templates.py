@@ -284,8 +284,8 @@ def sampling_context(tokenizer, chat: bool = True) -> dict:
         return {"generation_prompt": None, "source": "raw text (chat: false)" if not chat else "no template",
                 "problems": []}
     try:
-        before = tokenizer.apply_chat_template([PROBE[0]], tokenize=False)
-        opened = tokenizer.apply_chat_template([PROBE[0]], tokenize=False, add_generation_prompt=True)
+        before = render(tokenizer, [PROBE[0]], tokenize=False)
+        opened = render(tokenizer, [PROBE[0]], tokenize=False, add_generation_prompt=True)
         problems = context_problems(tokenizer)
     except Exception as e:  # noqa: BLE001 -- a template that cannot render the probe is reported, not fatal
         return {"generation_prompt": None, "source": f"not rendered ({type(e).__name__})", "problems": []}
