@@ -66,22 +66,23 @@ def test_the_verifiable_task_reward_and_its_held_out_split():
     from align.data.builtin import load_builtin
     from align.data.verifiable import correct
 
-    train, held = load_builtin("larger", "prompts", size=300), load_builtin("larger", "eval_prompts")
+    train, held = load_builtin("parity", "prompts", size=300), load_builtin("parity", "eval_prompts")
     question = lambda row: row["prompt"][0]["content"]  # noqa: E731
     assert not {question(r) for r in train} & {question(r) for r in held}  # no held-out problem is trained on
-    sft = load_builtin("larger", "sft", size=400)
-    asked = {m[0]["content"] for m in sft["messages"]}
-    assert not asked & {question(r) for r in held}
-    wrong = sum(int(m[1]["content"]) != max(map(int, m[0]["content"][17:-1].split(" or "))) for m in sft["messages"])
+    sft = load_builtin("parity", "sft", size=400)
+    assert not {m[0]["content"] for m in sft["messages"]} & {question(r) for r in held}
+    assert all(r["answer"] == ("odd" if int(question(r).split()[1]) % 2 else "even") for r in held)
+    wrong = sum(m[1]["content"] != ("odd" if int(m[0]["content"].split()[1]) % 2 else "even") for m in sft["messages"])
     assert 0.25 < wrong / len(sft) < 0.45  # the noisy SFT answers that leave verifiable rewards room
-    assert correct([[{"role": "assistant", "content": "48, clearly"}], "23", "none"], ["48", "48", "48"]) == [1.0, 0.0, 0.0]
+    assert correct([[{"role": "assistant", "content": "Odd, since it ends in 1"}], "even", ""],
+                   ["odd", "odd", "odd"]) == [1.0, 0.0, 0.0]
 
 
 def test_a_datasets_chat_template_kwargs_become_trls_per_row_column(tmp_path):
     from align.data import load_dataset
 
-    ds = load_dataset({"builtin": "larger", "split": "prompts", "size": 4,
+    ds = load_dataset({"builtin": "parity", "split": "prompts", "size": 4,
                        "chat_template_kwargs": {"enable_thinking": False}}, name="datasets.p")
     assert ds["chat_template_kwargs"] == [{"enable_thinking": False}] * 4
     with pytest.raises(AlignError, match=r"datasets\.p\.chat_template_kwargs: expected a mapping"):
-        load_dataset({"builtin": "larger", "split": "prompts", "chat_template_kwargs": "no"}, name="datasets.p")
+        load_dataset({"builtin": "parity", "split": "prompts", "chat_template_kwargs": "no"}, name="datasets.p")
