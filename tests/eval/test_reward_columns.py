@@ -66,15 +66,17 @@ def test_the_verifiable_task_reward_and_its_held_out_split():
     from align.data.builtin import load_builtin
     from align.data.verifiable import correct
 
+    parity = lambda prompt: "odd" if int(prompt.split()[0]) % 2 else "even"  # noqa: E731 -- "4821 is"
     train, held = load_builtin("parity", "prompts", size=300), load_builtin("parity", "eval_prompts")
-    question = lambda row: row["prompt"][0]["content"]  # noqa: E731
-    assert not {question(r) for r in train} & {question(r) for r in held}  # no held-out problem is trained on
+    assert not set(train["prompt"]) & set(held["prompt"])  # no held-out problem is trained on
     sft = load_builtin("parity", "sft", size=400)
-    assert not {m[0]["content"] for m in sft["messages"]} & {question(r) for r in held}
-    assert all(r["answer"] == ("odd" if int(question(r).split()[1]) % 2 else "even") for r in held)
-    wrong = sum(m[1]["content"] != ("odd" if int(m[0]["content"].split()[1]) % 2 else "even") for m in sft["messages"])
+    pretrain = "\n".join(load_builtin("parity", "pretrain", size=400)["text"])
+    assert not set(sft["prompt"]) & set(held["prompt"])
+    assert not any(f"\n{prompt} " in "\n" + pretrain for prompt in held["prompt"])
+    assert all(r["answer"] == parity(r["prompt"]) for r in held)
+    wrong = sum(r["completion"].strip() != parity(r["prompt"]) for r in sft)
     assert 0.25 < wrong / len(sft) < 0.45  # the noisy SFT answers that leave verifiable rewards room
-    assert correct([[{"role": "assistant", "content": "Odd, since it ends in 1"}], "even", ""],
+    assert correct([[{"role": "assistant", "content": "Odd, since it ends in 1"}], " even\n12", ""],
                    ["odd", "odd", "odd"]) == [1.0, 0.0, 0.0]
 
 
