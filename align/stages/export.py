@@ -11,7 +11,7 @@ KEYS = {
     "model": "the stage to export: ${stages.ppo}, ${stages.dpo}, ...",
     "merge": "merge a LoRA adapter into its base (default true: one plain model); false ships the adapter, whose "
              "base must then be a Hub model (or base_model: names where it is published)",
-    "dtype": "weights as saved: float32 (default), bf16/bfloat16, fp16/float16",
+    "dtype": "weights as saved: float32 (default), bfloat16 or float16",
     "push_to_hub": "a Hub repository id (org/name) to upload the folder to (needs network and a token)",
     "private": "create the Hub repository private (default: the Hub's default)",
     "base_model": "with merge: false, the Hub id of the adapter's base when it is a local folder",
@@ -20,13 +20,9 @@ TYPES = {"merge": bool, "dtype": str, "push_to_hub": str, "private": bool, "base
 
 
 def check(spec: dict, where: str) -> list[str]:
-    from align.errors import AlignError
-    from align.export import export_dtype
-
-    try:
-        export_dtype(spec.get("dtype"), f"{where}.dtype")
-    except AlignError as e:
-        return [str(e)]
+    """``dtype`` is checked as every stage's is (float32, bfloat16, float16, auto); an export needs a definite one."""
+    if spec.get("dtype") == "auto":
+        return [f"{where}.dtype: an export saves one dtype; choose float32, bfloat16 or float16."]
     return []
 
 
