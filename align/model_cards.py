@@ -10,10 +10,13 @@ made it: base model, each stage's kind, datasets with their data cards' summarie
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 from align.refs import StageRef
+
+log = logging.getLogger("align")
 
 LINEAGE = "lineage.json"
 HF_CACHE_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/")
@@ -222,10 +225,14 @@ def write_stage_card(recipe, name: str, folder: Path, tags: dict) -> Path | None
     folder = Path(folder)
     if model_folder(folder) is None:
         return None
-    if not (folder / LINEAGE).is_file():
-        info = lineage(recipe, name, folder, tags)
-        (folder / LINEAGE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    return refresh(folder)
+    try:  # documentation: a card that cannot be written must not cost a finished stage its completion
+        if not (folder / LINEAGE).is_file():
+            info = lineage(recipe, name, folder, tags)
+            (folder / LINEAGE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        return refresh(folder)
+    except Exception as e:  # noqa: BLE001
+        log.warning("stages.%s: model card not written (%s: %s)", name, type(e).__name__, e)
+        return None
 
 
 def refresh(folder: Path) -> Path | None:
@@ -243,4 +250,7 @@ def refresh_run(recipe) -> None:
     """Every finished stage card of the run, re-rendered (an evaluate stage that just finished adds its numbers)."""
     for stage in recipe.stages.values():
         if (stage.out_dir / LINEAGE).is_file():
-            refresh(stage.out_dir)
+            try:
+                refresh(stage.out_dir)
+            except Exception as e:  # noqa: BLE001 -- as in write_stage_card
+                log.warning("stages.%s: model card not refreshed (%s: %s)", stage.name, type(e).__name__, e)

@@ -70,6 +70,7 @@ def test_hub_recipe_on_replicas(hub_replica, tmp_path, monkeypatch):
     # shipped: the stages logged to tensorboard, lm-eval ran on every policy, the DPO policy exported with its card
     assert {p.name for p in (tmp_path / "run" / "tensorboard" / "hub").iterdir()} >= {"sft", "reward", "ppo", "dpo", "eval"}
     assert all("review_mc/acc" in metrics["policies"][name]["benchmarks"] for name in ("sft", "ppo", "dpo"))
+    assert (tmp_path / "run" / "ppo" / "merged" / "model.safetensors").exists()  # merge: true on the ppo stage
     export = tmp_path / "run" / "export"
     assert json.loads((export / "config.json").read_text())["dtype"] == "bfloat16"
     card = (export / "README.md").read_text()

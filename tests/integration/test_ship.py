@@ -76,7 +76,7 @@ def test_trackio_store_holds_every_stage_and_the_evaluation_table(shipped):
     logs = runs["micro_ship/eval"]["logs"]
     table = next(row["eval/table"] for row in logs if "eval/table" in row)["_value"]
     metrics = json.loads((run / "eval" / "metrics.json").read_text())["policies"]
-    assert [r["policy"] for r in table] == ["sft", "ppo", "dpo"]
+    assert [r["policy"] for r in table] == ["sft", "ppo", "dpo", "grpo"]
     for row in table:
         assert row["win_rate"] == pytest.approx(metrics[row["policy"]]["win_rate"]["win_rate"])
         assert row["kl"] == pytest.approx(metrics[row["policy"]]["kl"])
@@ -142,8 +142,9 @@ def test_merged_policy_and_export_stage_give_the_stage_models_greedy_tokens(ship
 
     run, _, _ = shipped
     tokenizer = AutoTokenizer.from_pretrained(run / "dpo")
-    own = greedy_tokens(AutoPeftModelForCausalLM.from_pretrained(run / "dpo"), tokenizer)
-    assert greedy_tokens(AutoModelForCausalLM.from_pretrained(run / "dpo" / "merged"), tokenizer) == own
+    for stage in ("dpo", "grpo"):  # merge: true on a TRL policy stage: the adapter merged into its base
+        own = greedy_tokens(AutoPeftModelForCausalLM.from_pretrained(run / stage), tokenizer)
+        assert greedy_tokens(AutoModelForCausalLM.from_pretrained(run / stage / "merged"), tokenizer) == own, stage
 
     export = run / "export"
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= \
@@ -160,9 +161,15 @@ def test_merged_policy_and_export_stage_give_the_stage_models_greedy_tokens(ship
 
 
 def test_benchmarks_reach_metrics_and_the_report(shipped):
+    from align.eval.benchmarks import model_args
+
     run, _, _ = shipped
+    # ppo is a LoRA adapter (lm-eval loads its base with peft=), dpo and grpo were merged, sft's merged/ is its model
+    assert model_args(run / "ppo")["peft"] == str((run / "ppo").resolve())
+    assert model_args(run / "ppo")["pretrained"] == str((run / "sft" / "merged").resolve())
+    assert "peft" not in model_args(run / "dpo")
     policies = json.loads((run / "eval" / "metrics.json").read_text())["policies"]
-    for name in ("sft", "ppo", "dpo"):
+    for name in ("sft", "ppo", "dpo", "grpo"):
         bench = policies[name]["benchmarks"]
         assert 0.0 <= bench["review_mc/acc"] <= 1.0 and bench["review_mc/acc_stderr"] > 0
         assert bench["review_mc/acc"] * 12 == pytest.approx(round(bench["review_mc/acc"] * 12))  # 12 items
