@@ -67,7 +67,8 @@ def stage_info(stage_dir: Path, folder: Path) -> dict:
             "stage_dir": str(stage_dir.resolve()), "adapter": adapter, "chain": [
                 {"stage": stage_dir.name, "kind": "model", "inputs": {}, "datasets": [], "judges": [], "args": {},
                  "lora": None, "tags": [], "hub_base": None}],
-            "adapter_base": read_json(folder / "adapter_config.json").get("base_model_name_or_path")}
+            "adapter_base": read_json(folder / "adapter_config.json").get("base_model_name_or_path"),
+            "classifier": "ForSequenceClassification" in str(read_json(folder / "config.json").get("architectures"))}
 
 
 def export_stage(stage_dir, out, *, merge: bool = False, dtype=None, push_to_hub: str | None = None,
@@ -109,19 +110,25 @@ def export_stage(stage_dir, out, *, merge: bool = False, dtype=None, push_to_hub
         info = {**info, "merged": True}
     from align.models import load_causal_lm, load_tokenizer
 
-    if model is None:  # an adapter: its stop ids come from the base it was trained on
-        model, tokenizer = load_causal_lm(folder), load_tokenizer(folder)
-    generation_config(model, tokenizer, decoding).save_pretrained(out)
+    if not info.get("classifier"):
+        if model is None:  # an adapter: its stop ids come from the base it was trained on
+            model, tokenizer = load_causal_lm(folder), load_tokenizer(folder)
+        generation_config(model, tokenizer, decoding).save_pretrained(out)
     said = ", ".join(f"{k}={v}" for k, v in (decoding or {}).items() if k not in ("note", "batch_size"))
-    notes.append(f"`generation_config.json`: the decoding the run evaluated with ({said})." if decoding else
-                 "`generation_config.json`: sampling at temperature 1 without truncation (the model was not evaluated "
-                 "in its run); stop tokens: EOS and the chat template's end of turn.")
+    if info.get("classifier"):
+        notes.append("A scalar-head sequence classifier (a reward model): no generation_config.")
+    elif decoding:
+        notes.append(f"`generation_config.json`: the decoding the run evaluated with ({said}).")
+    else:
+        notes.append(
+            "`generation_config.json`: sampling at temperature 1 without truncation (the model was not evaluated "
+            "in its run); stop tokens: EOS and the chat template's end of turn.")
     info = {**info, "evaluated_dir": str(stage_dir.resolve()), "export": notes, "where": push_to_hub or str(out)}
     (out / LINEAGE).write_text(json.dumps(info, indent=2, default=str) + "\n")
     card = render(info)
     card.save(out / "README.md")
-    result = {"export_dir": str(out), "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")), "merged": not adapter or merge,
-              "dtype": dtype}
+    result = {"export_dir": str(out), "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
+              "merged": not adapter or merge, "dtype": dtype}
     if push_to_hub:
         result["pushed_to"] = push(out, push_to_hub, private=private, token=token)
     return result
@@ -135,7 +142,16 @@ def export_full(folder: Path, out: Path, dtype: str):
 
     from transformers import AutoTokenizer
 
-    model = load_causal_lm(folder, field="export", training=True, tensor_parallel=False)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    if "ForSequenceClassification" in str(config.get("architectures")):  # a reward model: its head, not an LM's
+        from transformers import AutoModelForSequenceClassification
+
+        from align.models import register_sequence_classifier
+
+        register_sequence_classifier(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    else:
+        model = load_causal_lm(folder, field="export", training=True, tensor_parallel=False)
     if is_adapter(folder):
         restore_shipped_config(model, folder)
     model.to(getattr(torch, dtype))

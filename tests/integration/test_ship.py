@@ -253,3 +253,20 @@ def test_replica_from_the_hub_cache_exports_an_adapter_naming_its_hub_base(famil
     exported_config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert exported_config["model_type"] == shipped_config["model_type"]
     assert ModelCard.load(tmp_path / "merged" / "README.md").data.base_model == hub_id
+
+
+def test_a_reward_model_exports_as_a_classifier_with_the_same_scores(shipped, tmp_path):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run, _, _ = shipped
+    assert main(["export", str(run / "reward"), str(tmp_path / "rm")]) == 0
+    assert not (tmp_path / "rm" / "generation_config.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        scores = [AutoModelForSequenceClassification.from_pretrained(folder).eval()(**batch).logits
+                  for folder in (run / "reward", tmp_path / "rm")]
+    assert torch.equal(scores[0], scores[1])
+    card = ModelCard.load(tmp_path / "rm" / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and "AutoModelForSequenceClassification" in card.text
