@@ -30,7 +30,28 @@ def context_text(evaluation: Evaluation) -> str:
     m = evaluation.metrics
     decoding = ", ".join(f"{k}={v}" for k, v in (m.get("decoding") or {}).items()) or "not recorded"
     return (f"Evaluate stage: {evaluation.eval_dir}. {m.get('n_prompts', '?')} held-out prompts, the same for every "
-            f"policy; decoding: {decoding}. Reference policy: {m['reference']}; primary judge: {m['primary_judge']}.")
+            f"policy; decoding: {decoding}. Reference policy: {m['reference']}; primary judge: {m['primary_judge']}."
+            + sampling_text(evaluation.policies))
+
+
+def sampling_text(policies: list[Policy]) -> str:
+    """Which prompt each policy was sampled after, and whether that is the context it was trained in."""
+    groups: dict[tuple, list[str]] = {}
+    for p in policies:
+        c = p.metrics.get("context")
+        if c:
+            groups.setdefault((c.get("generation_prompt"), c.get("source"), bool(c.get("problems"))), []).append(p.name)
+    if not groups:
+        return ""
+    source_words = {"template": "the chat template's generation prompt",
+                    "trained": "the prompt SFT trained replies after (generation_prompt: trained)"}
+    parts = []
+    for (opener, source, differs), names in groups.items():
+        what = f"{opener!r}, {source_words.get(source, source)}" if opener is not None else source
+        check = ("; NOT the context it was trained in (see the evaluate stage's log)" if differs
+                 else "; the context SFT, DPO and the reward model trained in")
+        parts.append(f"{', '.join(names)} after {what}{check}")
+    return " Sampled after the prompt plus: " + "; ".join(parts) + "."
 
 
 def results_blocks(policies: list[Policy], judges: list[str], metrics: dict) -> list:

@@ -138,6 +138,7 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
 
     Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
     so the records are the same whatever the number of processes."""
+    from align.chat_templates import sampling_context
     from align.eval.generation import generate, note_ignored_settings
     from align.eval.kl import kl_from_ids
     from align.models import load_causal_lm
@@ -147,6 +148,7 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
     comparable = same_vocabulary(tokenizer, ref_tokenizer)
     extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
     chat = bool(ctx.spec.get("chat", True))
+    extra["context"] = sampling_context(tokenizer, chat)
     if ctx.is_main_process:
         note_ignored_settings(model, f"{ctx.where('policies')}.{name}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

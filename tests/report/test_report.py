@@ -185,3 +185,18 @@ def test_compare_without_an_evaluate_stage_says_so(tmp_path):
     write_stage(run, "sft", "sft", log_history=[{"step": 1, "loss": 1.0}])
     with pytest.raises(AlignError, match="no finished evaluate stage"):
         compare_runs([str(run)], str(tmp_path / "out"))
+
+
+def test_report_says_what_each_policy_was_sampled_after(tmp_path):
+    run = make_run(tmp_path)
+    path = run / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    one = {"generation_prompt": "<｜Assistant｜>", "source": "trained", "problems": []}
+    metrics["policies"]["sft"]["context"] = metrics["policies"]["dpo"]["context"] = one
+    metrics["policies"]["ppo"]["context"] = {"generation_prompt": "<｜Assistant｜><think>\n", "source": "template",
+                                             "problems": ["the policy is sampled after a context it is not trained in"]}
+    path.write_text(json.dumps(metrics))
+    md = Path(build_report(run / "eval", tmp_path / "report")["report_md"]).read_text()
+    assert ("sft, dpo after '<｜Assistant｜>', the prompt SFT trained replies after (generation_prompt: trained); "
+            "the context SFT, DPO and the reward model trained in") in md
+    assert "ppo after '<｜Assistant｜><think>\\n', the chat template's generation prompt; NOT the context" in md
