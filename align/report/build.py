@@ -68,6 +68,19 @@ def results_blocks(policies: list[Policy], judges: list[str], metrics: dict) -> 
     return blocks
 
 
+def benchmark_table(policies: list[Policy]) -> tuple[list[str], list[list[str]]] | None:
+    """Policies x benchmark metrics (``task/metric``), value ± stderr where the harness gave one."""
+    names = sorted({k for p in policies for k in (p.metrics.get("benchmarks") or {}) if not k.endswith("_stderr")})
+    if not names:
+        return None
+    def cell(values: dict, key: str) -> str:
+        if values.get(key) is None:
+            return ""
+        err = values.get(f"{key}_stderr")
+        return f"{values[key]:.3f}" + (f" ± {err:.3f}" if isinstance(err, (int, float)) else "")
+    return ["policy", *names], [[p.name, *(cell(p.metrics.get("benchmarks") or {}, n) for n in names)] for p in policies]
+
+
 def figure_blocks(policies: list[Policy], judges: list[str], reference: str, out_dir: Path, title: str,
                   frontiers: dict | None = None) -> list:
     blocks = [Heading("Reward vs KL to the reference"),
@@ -83,9 +96,10 @@ def figure_blocks(policies: list[Policy], judges: list[str], reference: str, out
 
 
 def build_report(source: Evaluation | str | Path, out_dir: str | Path, *, title: str | None = None,
-                 samples: int = 5) -> dict:
+                 samples: int = 5, shipping: list[str] | None = None) -> dict:
     """Write report.md, report.html and the PNGs for an evaluate stage (its folder, or loaded with
-    ``load_evaluation`` and its PPO policies' ``trained_on`` set so their trajectories join that judge's panel)."""
+    ``load_evaluation`` and its PPO policies' ``trained_on`` set so their trajectories join that judge's panel).
+    ``shipping``: lines on where the run was tracked and where its models were exported."""
     evaluation = source if isinstance(source, Evaluation) else load_evaluation(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,9 +111,16 @@ def build_report(source: Evaluation | str | Path, out_dir: str | Path, *, title:
         blocks += [Heading("Verdict: PPO vs DPO"), Text(decided["sentence"]), Table(*verdict_table(decided)),
                    Text(METHOD_NOTE)]
     blocks += [Heading("Results"), *results_blocks(policies, judges, m)]
+    bench = benchmark_table(policies)
+    if bench:
+        blocks += [Heading("Benchmarks", 3), Table(*bench),
+                   Text("lm-evaluation-harness tasks on every policy (the evaluate stage's benchmarks:), accuracy with its "
+                        "standard error: what alignment cost or gained in capability.")]
     pairwise = pairwise_table(m.get("pairwise"))
     if pairwise:
         blocks += [Heading(f"Pairwise win rates ({m['pairwise'].get('judge', m['primary_judge'])} judge)", 3), Table(*pairwise)]
+    if shipping:
+        blocks += [Heading("Tracking and export", 3), *(Text(line) for line in shipping)]
     blocks += figure_blocks(policies, judges, m["reference"], out_dir, title,
                             frontiers=(decided or {}).get("frontiers"))
     curves = plots.training_curves(evaluation.curves, out_dir / "training_curves.png")

@@ -18,6 +18,8 @@ MODEL_KEYS = {  # spec keys shared by every stage that trains a model
                             "(Qwen3); saved with the tokenizer, so later stages inherit them; a dataset's own "
                             "chat_template_kwargs override them row by row",
 }
+MERGE_KEY = ("also save the LoRA adapter merged into its full-precision base under merged/ (default false), which "
+             "later stages and align export then load; nothing to merge after full fine-tuning")
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 LORA_ALIASES = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
                 "target": "target_modules", "modules": "target_modules"}  # names other libraries use
@@ -81,6 +83,23 @@ def with_template_kwargs(ds, tokenizer):
         return ds.add_column(KWARGS_KEY, [kwargs] * len(ds))
     return ds.map(lambda row: {KWARGS_KEY: {**kwargs, **{k: v for k, v in (row[KWARGS_KEY] or {}).items()
                                                           if v is not None}}})
+
+
+def save_merged(ctx, tokenizer) -> None:
+    """``merge: true``: ``<stage>/merged/``, the saved adapter merged into its base reloaded in full precision (after
+    QLoRA too: never a 4/8-bit model), with the config the base shipped. Main process only, after the stage saved."""
+    import logging
+
+    if not ctx.spec.get("merge") or not ctx.is_main_process:
+        return
+    if not models.is_adapter(ctx.out_dir):
+        logging.getLogger("align").info("%s: merge: the stage trained every weight, so its folder already is a plain "
+                                        "model; nothing to merge", ctx.where("merge"))
+        return
+    merged = models.load_causal_lm(ctx.out_dir, field=ctx.where("merge"), training=True, tensor_parallel=False)
+    models.restore_shipped_config(merged, ctx.out_dir)
+    merged.save_pretrained(ctx.out_dir / "merged")
+    tokenizer.save_pretrained(ctx.out_dir / "merged")
 
 
 def model_findings(spec: dict, key: str, path: str, where: str, *, classifier_keys=()) -> tuple[list[str], list[str]]:

@@ -150,7 +150,7 @@ def test_report_stage_puts_the_trajectory_on_the_judge_ppo_trained_on(tmp_path):
     assert stage.trained_on(recipe, str(run / "ppo")) == "rm"
     assert stage.trained_on(recipe, str(run / "dpo")) is None
     ctx = SimpleNamespace(spec={"eval": StageRef(str(run / "eval"), "eval"), "samples": 2}, recipe=recipe,
-                          out_dir=run / "report", is_main_process=True)
+                          out_dir=run / "report", is_main_process=True, tracking=None)
     result = stage.run(ctx)
     assert Path(result["report_html"]).is_file() and len(result["figures"]) == 3
     assert "### Prompt 2" in Path(result["report_md"]).read_text()
