@@ -170,10 +170,11 @@ def test_sft_saves_the_stage_chat_template_kwargs_for_later_stages(tool_sft):
 def test_every_rendering_in_align_goes_through_render():
     """One place applies the chat template, so the stage's chat_template_kwargs and a row's tools reach every path
     (sampling, KL, judges, data cards, the context check)."""
-    import re
+    import ast
 
     root = Path(__file__).resolve().parents[1] / "align"
-    calls = [f"{path.relative_to(root)}:{n}" for path in root.rglob("*.py")
-             for n, line in enumerate(path.read_text().splitlines(), 1)
-             if re.search(r"\.apply_chat_template\(", line)]
+    calls = [f"{path.relative_to(root)}:{node.lineno}" for path in sorted(root.rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr == "apply_chat_template"]
     assert len(calls) == 1 and calls[0].startswith("chat_templates.py:"), calls
