@@ -6,12 +6,12 @@ Checks, each recorded as pass / fail / skip with its numbers:
 
 1. environment: versions, the GPU, bf16 support.
 2. quickstart: recipes/quickstart.yaml (shortened unless --full); every model forward of every stage on the GPU.
-3. hub_replica: recipes/hub.yaml on offline replicas (SmolLM2 as the model, Qwen2.5 as the LLM judge); every
-   forward on the GPU.
-4. bf16_autocast: every training forward of the Trainer stages ran under bf16 autocast with float32 trainable weights;
+3. bf16_autocast: every training forward of the Trainer stages ran under bf16 autocast with float32 trainable weights;
    every frozen model ran in bf16.
-5. qlora: an SFT stage with `quantization: 4bit` on the SmolLM2 replica: bitsandbytes 4-bit layers on the GPU, the
+4. qlora: an SFT stage with `quantization: 4bit` on the SmolLM2 replica: bitsandbytes 4-bit layers on the GPU, the
    loss finite.
+5. hub_replica: recipes/hub.yaml on offline replicas (SmolLM2 as the model, Qwen2.5 as the LLM judge); every
+   forward on the GPU.
 6. ppo_vllm: the quickstart's PPO stage with `generation: {backend: vllm}`, if vLLM imports here and align accepts
    the key; skipped with the reason otherwise.
 7. generation_speed: new tokens/s of `transformers.generate` on the quickstart's SFT model.
@@ -38,6 +38,8 @@ import time
 import traceback
 from pathlib import Path
 
+from align.preemption import Preempted
+
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 450  # checks not started by then are skipped: the whole script must stay under 8 minutes
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "evaluate", "bitsandbytes", "vllm",
@@ -55,6 +57,19 @@ QUICKSTART_SHORT = [
     "precompute_ref_batch_size: 64}",
     "stages.eval.limit=64",
 ]
+# --cpu (developing this script on a CPU): the same stages again, a few steps each
+QUICKSTART_MICRO = [
+    "stages.pretrain.args={max_steps: 6, per_device_train_batch_size: 8, eval_steps: 6, save_steps: 6}",
+    "stages.sft.args={max_steps: 4, per_device_train_batch_size: 8, max_length: 256}",
+    "stages.preferences.limit=16", "stages.preferences.generation={max_new_tokens: 16, batch_size: 64}",
+    "stages.reward.args={max_steps: 4, per_device_train_batch_size: 8}",
+    "stages.ppo.args={max_steps: 2, rollout_batch_size: 8, max_new_tokens: 16, eval_steps: 2, save_steps: 2, "
+    "eval_prompts: 8}",
+    "stages.dpo.args={max_steps: 4, per_device_train_batch_size: 8}",
+    "stages.eval.limit=8", "stages.eval.generation={max_new_tokens: 16, batch_size: 8}", "stages.eval.n_bootstrap=100",
+]
+# in this order: the cheap and most telling first, so a slow machine runs out of budget on the rest
+CHECKS = ("quickstart", "bf16_autocast", "qlora", "hub_replica", "ppo_vllm", "generation_speed")
 TRAINER_STAGES = ("pretrain", "sft", "reward", "dpo")  # transformers/TRL Trainer stages: bf16 autocast on a bf16 GPU
 
 
@@ -293,6 +308,8 @@ def generation_speed(model_dir: Path, n_prompts: int = 128, new_tokens: int = 64
 
 
 class Checker:
+    """Runs each check, records its result (a failure does not stop the others) and rewrites the results files."""
+
     def __init__(self, args):
         self.args, self.results, self.started = args, {}, time.time()
         self.work = Path(args.work)
@@ -302,13 +319,15 @@ class Checker:
 
     def check(self, name: str, fn) -> dict:
         elapsed = time.time() - self.started
-        if elapsed > BUDGET_S and not self.args.dry_run:
+        if elapsed > BUDGET_S and not (self.args.dry_run or self.args.cpu):
             result = {"status": "skip", "reason": f"time budget: {elapsed:.0f} s spent before it started"}
         else:
             print(f"\n=== {name}", flush=True)
             begun = time.time()
             try:
                 result = fn()
+            except Preempted:  # SIGTERM/SIGINT (a timeout): stop here, with what was written so far
+                raise
             except Exception as e:  # one failed check must not hide the others' results
                 result = {"status": "fail", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
             result["seconds"] = round(time.time() - begun, 1)
@@ -325,6 +344,22 @@ class Checker:
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
         (out / "gpu_check.md").write_text(markdown(report))
 
+    def run_audited(self, recipe, prefix: str, only=None) -> tuple[dict, list[dict]]:
+        """Run ``recipe`` with its forwards recorded under ``prefix``: its stages' metrics, and the forwards that
+        were not on the expected device."""
+        self.audit.prefix, self.audit.stage = prefix, prefix + "-"
+        try:
+            results = run(recipe, self.audit, only=only)
+        finally:
+            self.audit.prefix = ""
+        return results, off_device(self.audit, prefix, self.expected)
+
+    def placed(self, wrong: list[dict], **result) -> dict:
+        if wrong:
+            return {"status": "fail", "error": f"{len(wrong)} kinds of model forward not on {self.expected}",
+                    "off_device_forwards": wrong, **result}
+        return {"status": "pass", **result}
+
     # ------------------------------------------------------------------ the checks
     def replicas(self) -> dict:
         from align.testing import build_replica
@@ -334,7 +369,7 @@ class Checker:
         return self._replicas
 
     def quickstart(self) -> dict:
-        overrides = [] if self.args.full else QUICKSTART_SHORT
+        overrides = [] if self.args.full else QUICKSTART_MICRO if self.args.cpu else QUICKSTART_SHORT
         recipe = load(REPO / "recipes" / "quickstart.yaml", overrides, self.work / "quickstart")
         problems = validate(recipe)
         if problems:
@@ -342,15 +377,11 @@ class Checker:
         if self.args.dry_run:
             return {"status": "pass", "reason": "dry run: recipe built and validated, not run",
                     "stages": list(recipe.stages)}
-        self.audit.stage = "-"
-        results = run(recipe, self.audit)
+        results, wrong = self.run_audited(recipe, "")
         self.quickstart_dir = Path(recipe.output_dir)
-        wrong = off_device(self.audit, "", self.expected)
         evaluation = json.loads((self.quickstart_dir / "eval" / "metrics.json").read_text())
         scores = {name: m["scores"][evaluation["primary_judge"]] for name, m in evaluation["policies"].items()}
-        return {"status": "fail" if wrong else "pass", "stages": stage_numbers(results, self.audit),
-                "gold_scores": scores, "off_gpu_forwards": wrong,
-                **({"error": f"{len(wrong)} model forwards not on {self.expected}"} if wrong else {})}
+        return self.placed(wrong, stages=stage_numbers(results, self.audit), gold_scores=scores)
 
     def hub_replica(self) -> dict:
         replicas = self.replicas()
@@ -360,14 +391,8 @@ class Checker:
             return {"status": "fail", "error": "align validate: " + " | ".join(problems)}
         if self.args.dry_run:
             return self.audit_one_forward(replicas["smollm2"])
-        prefix = self.audit.prefix = "hub/"
-        try:
-            results = run(recipe, self.audit)
-        finally:
-            self.audit.prefix = ""
-        wrong = off_device(self.audit, prefix, self.expected)
-        return {"status": "fail" if wrong else "pass", "stages": stage_numbers(results, self.audit, prefix),
-                "off_gpu_forwards": wrong, **({"error": f"{len(wrong)} model forwards not on {self.expected}"} if wrong else {})}
+        results, wrong = self.run_audited(recipe, "hub/")
+        return self.placed(wrong, stages=stage_numbers(results, self.audit, "hub/"))
 
     def audit_one_forward(self, model_dir: Path) -> dict:
         """Dry run: the audit sees a forward of a model loaded for inference, on the device expected here."""
@@ -423,21 +448,23 @@ class Checker:
 
         align.models.load_for_training = keep
         try:
-            self.audit.stage = "qlora/sft"
-            metrics = run(recipe, self.audit)["sft"]
+            results, wrong = self.run_audited(recipe, "qlora/")
         finally:
             align.models.load_for_training = real
+        metrics = results["sft"]
         layers = quantized_layers(loaded[0]) if loaded else {}
         loss = metrics.get("train_loss")
-        ok = bool(layers.get("linear4bit")) and layers["devices"] == [self.expected] and loss is not None and math.isfinite(loss)
-        return {"status": "pass" if ok else "fail", "quantized": layers, "train_loss": loss,
-                "seconds_stage": metrics.get("stage_seconds"),
-                **({} if ok else {"error": "expected bitsandbytes 4-bit layers on the GPU and a finite loss"})}
+        result = self.placed(wrong, quantized=layers, train_loss=loss, stages=stage_numbers(results, self.audit, "qlora/"))
+        if not (layers.get("linear4bit") and layers["devices"] == [self.expected] and loss is not None
+                and math.isfinite(loss)):
+            result.update(status="fail", error=f"expected bitsandbytes 4-bit layers on {self.expected} and a finite loss")
+        return result
 
     def ppo_vllm(self) -> dict:
         if importlib.util.find_spec("vllm") is None:
             return {"status": "skip", "reason": "vLLM is not installed here"}
-        overrides = ([] if self.args.full else QUICKSTART_SHORT) + ["stages.ppo.generation={backend: vllm}"]
+        overrides = ([] if self.args.full else QUICKSTART_MICRO if self.args.cpu else QUICKSTART_SHORT) + \
+            ["stages.ppo.generation={backend: vllm}"]
         recipe = load(REPO / "recipes" / "quickstart.yaml", overrides, self.work / "quickstart")
         problems = [p for p in validate(recipe) if "ppo" in p]
         if problems:
@@ -448,16 +475,15 @@ class Checker:
         if not hasattr(self, "quickstart_dir"):
             return {"status": "skip", "reason": "needs the quickstart's stages (the quickstart check did not run)"}
         generate_seconds = self.results["quickstart"]["stages"]["ppo"]["seconds"]
-        self.audit.stage = "-"
-        metrics = run(recipe, self.audit, only=["ppo"])["ppo"]
-        wrong = off_device(self.audit, "ppo", self.expected)
-        return {"status": "fail" if wrong else "pass", "seconds_vllm": metrics.get("stage_seconds"),
-                "seconds_generate": generate_seconds, "metrics": {k: v for k, v in metrics.items()
-                                                                  if isinstance(v, (int, float))}}
+        results, wrong = self.run_audited(recipe, "vllm/", only=["ppo"])
+        metrics = results["ppo"]
+        return self.placed(wrong, seconds_vllm=metrics.get("stage_seconds"), seconds_generate=generate_seconds,
+                           stages=stage_numbers(results, self.audit, "vllm/"),
+                           metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
     def generation_speed(self) -> dict:
-        if self.args.dry_run:
-            return {"status": "skip", "reason": "dry run: needs the quickstart's SFT model"}
+        if self.args.dry_run or self.args.cpu:
+            return {"status": "skip", "reason": "dry run or --cpu: measured on the GPU only"}
         if not hasattr(self, "quickstart_dir"):
             return {"status": "skip", "reason": "needs the quickstart's SFT model (the quickstart check did not run)"}
         self.audit.stage = "generation_speed"
@@ -497,6 +523,8 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="the quickstart as written, not shortened")
     parser.add_argument("--dry-run", action="store_true", default=os.environ.get("ALIGN_GPU_CHECK_DRY_RUN") == "1",
                         help="everything up to the first CUDA call, on the CPU")
+    parser.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS), metavar="CHECK",
+                        help=f"run only these ({', '.join(CHECKS)}); the environment is always checked")
     parser.add_argument("--cpu", action="store_true", help="for developing this script: run every check for real on "
                                                            "the CPU, expecting every model there (minutes)")
     args = parser.parse_args(argv)
@@ -508,7 +536,7 @@ def main(argv=None) -> int:
     if env["status"] == "fail":
         return 1
     checker.audit.install()
-    for name in ("quickstart", "hub_replica", "bf16_autocast", "qlora", "ppo_vllm", "generation_speed"):
+    for name in args.checks:
         checker.check(name, getattr(checker, name))
     checker.audit.remove()
     checker.write()

@@ -33,7 +33,7 @@ def test_dry_run_builds_and_validates_every_check_on_the_cpu(tmp_path):
     assert "dry run, nothing installed" in proc.stdout
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     checks = report["checks"]
-    assert report["dry_run"] and list(checks) == ["environment", "quickstart", "hub_replica", "bf16_autocast", "qlora",
+    assert report["dry_run"] and list(checks) == ["environment", "quickstart", "bf16_autocast", "qlora", "hub_replica",
                                                   "ppo_vllm", "generation_speed"]
     assert {name: checks[name]["status"] for name in ("environment", "quickstart", "hub_replica", "qlora")} == \
         dict.fromkeys(("environment", "quickstart", "hub_replica", "qlora"), "pass")

@@ -107,7 +107,8 @@ def load_reward_model(path, name: str, device_map=None):
     device in its inference dtype (``models.placement``), or spread by transformers with ``device_map``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from align.models import is_adapter, load_tokenizer, placement, register_sequence_classifier, resolve_dtype, resolve_model_path
+    from align.models import (is_adapter, load_tokenizer, placement, register_sequence_classifier, resolve_dtype,
+                              resolve_model_path)
 
     path = resolve_model_path(path, field=f"judges.{name}.reward_model")
     register_sequence_classifier(path)  # a family transformers has no classifier class for: align's scalar head
