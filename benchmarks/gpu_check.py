@@ -250,6 +250,9 @@ def hub_overrides(work: Path, replicas: dict) -> list[str]:
     return [
         f"stages.sft.model={replicas['smollm2']}",
         f"judges.judge.llm={replicas['qwen2_5']}",
+        # trackio is not on the GPU machine (and would write to $HF_HOME); tensorboard's files stay in the run folder
+        f"tracking.report_to={'[tensorboard]' if importlib.util.find_spec('tensorboard') else 'none'}",
+        "stages.eval.benchmarks=null",  # lm-eval is not on the GPU machine, and capability benchmarks are not this check's
         "datasets.chat={builtin: reviews, split: sft, limit: 64}",
         f"datasets.prefs={{path: {prefs}, convert: ultrafeedback}}",
         "datasets.prompts={builtin: reviews, split: prompts, limit: 32}",
