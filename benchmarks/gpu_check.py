@@ -38,6 +38,8 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from align.preemption import Preempted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +81,7 @@ class Audit:
 
     def __init__(self):
         self.stage, self.prefix, self.depth, self.rows, self.handles = "-", "", 0, {}, []
+        self.inner_autocast = None  # autocast dtype per device type inside the current top-level forward
 
     def install(self):
         from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
@@ -94,12 +97,17 @@ class Audit:
             handle.remove()
 
     def pre(self, module, args):
+        if self.depth and self.inner_autocast is None:
+            # the first module called inside a top-level forward: accelerate's autocast wraps ``model.forward`` itself,
+            # so it is on only in here, not in the top-level model's own hooks
+            self.inner_autocast = {d: torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None
+                                   for d in ("cuda", "cpu")}
         if isinstance(module, self.model_class):
+            if not self.depth:
+                self.inner_autocast = None
             self.depth += 1
 
     def post(self, module, args, kwargs, output):
-        import torch
-
         if not isinstance(module, self.model_class):
             return
         self.depth -= 1
@@ -111,9 +119,8 @@ class Audit:
         weight = next(module.parameters(), None)
         trainable = next((p for p in module.parameters() if p.requires_grad), None) if module.training else None
         device = weight.device.type if weight is not None else "none"
-        autocast = None
-        if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
-            autocast = str(torch.get_autocast_dtype(device)).removeprefix("torch.")
+        autocast = (self.inner_autocast or {}).get(device)
+        autocast = str(autocast).removeprefix("torch.") if autocast is not None else None
         dtype = str((trainable if trainable is not None else weight).dtype).removeprefix("torch.") if weight is not None else "none"
         key = (self.stage, type(module).__name__, device, dtype, autocast, bool(module.training))
         row = self.rows.setdefault(key, [0, 0])

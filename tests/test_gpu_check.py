@@ -60,6 +60,24 @@ def test_the_audit_reports_a_model_that_is_not_on_the_gpu(tiny_model_dir):
     assert [(r["stage"], r["model"], r["device"], r["forwards"]) for r in rows] == [("sft", "LlamaForCausalLM", "cpu", 4)]
     assert rows[0]["tokens"] == 3 + 2 + 1 + 1  # the prompt, then one token per decoding step (KV cache)
     assert gpu_check.off_device(audit, "", "cuda") == rows and gpu_check.off_device(audit, "", "cpu") == []
+    assert rows[0]["autocast"] is None and rows[0]["dtype"] == "float32" and not rows[0]["training"]
+
+
+def test_the_audit_sees_autocast_that_wraps_the_forward_itself(tiny_model_dir):
+    """accelerate's mixed precision wraps ``model.forward`` in autocast: on only inside the model's forward."""
+    gpu_check = script("gpu_check")
+    from align.models import load_causal_lm
+
+    model = load_causal_lm(tiny_model_dir).train()
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
+    audit = gpu_check.Audit().install()
+    try:
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+        with torch.no_grad():
+            load_causal_lm(tiny_model_dir)(input_ids=torch.tensor([[1, 2]]))  # then one without
+    finally:
+        audit.remove()
+    assert [(r["autocast"], r["training"], r["tokens"]) for r in audit.table()] == [("bfloat16", True, 3), (None, False, 2)]
 
 
 def test_slim_bitsandbytes_keeps_one_cuda_build_and_a_valid_record(tmp_path):
