@@ -8,7 +8,7 @@ PYTHON ?= python3
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAS_CUDA),torch,torch==2.13.0)
 
-.PHONY: install quickstart test
+.PHONY: install quickstart test gpu-wheels gpu-check gpu-check-dry-run
 
 $(VENV)/.align-installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,14 @@ quickstart: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+
+# GPU acceptance check (benchmarks/README.md): `make gpu-wheels` here downloads what a GPU machine without network
+# lacks into benchmarks/wheels (git-ignored; carry it); `make gpu-check` there installs them and runs every check.
+gpu-wheels: install
+	$(VENV)/bin/python benchmarks/gpu_wheels.py --dest benchmarks/wheels
+
+gpu-check:
+	bash benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-dry-run: install
+	PYTHON=$(VENV)/bin/python bash benchmarks/gpu_check.sh --dry-run $(GPU_CHECK_ARGS)

@@ -133,18 +133,23 @@ class FunctionJudge(Judge):
         return [float(v) for v in values]
 
 
-def load_reward_model(path, name: str):
-    """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base)."""
+def load_reward_model(path, name: str, device_map=None):
+    """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base), on this process's
+    device in its inference dtype (``models.placement``), or spread by transformers with ``device_map``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from align.models import is_adapter, load_tokenizer, register_sequence_classifier, resolve_model_path
+    from align.models import (is_adapter, load_tokenizer, placement, register_sequence_classifier, resolve_dtype,
+                              resolve_model_path)
 
     path = resolve_model_path(path, field=f"judges.{name}.reward_model")
     register_sequence_classifier(path)  # a family transformers has no classifier class for: align's scalar head
+    kwargs = {"device_map": device_map} if device_map is not None else {}
+    target = placement("auto", kwargs, training=False)
+    kwargs["dtype"] = resolve_dtype(None, device=target)
     if is_adapter(path):
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path).merge_and_unload()
+        model = AutoPeftModelForSequenceClassification.from_pretrained(path, **kwargs).merge_and_unload()
     else:
         architectures = AutoConfig.from_pretrained(path).architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
@@ -152,8 +157,8 @@ def load_reward_model(path, name: str):
                              f"{', '.join(architectures) or 'unknown'}); loading it as one would give a random score "
                              f"head. Point it at a reward stage's output, or use {{llm: {path}}} to ask a language "
                              f"model which response is better.")
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    return model, load_tokenizer(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    return (model if target is None else model.to(target)), load_tokenizer(path)
 
 
 class RewardModelJudge(Judge):
@@ -168,12 +173,12 @@ class RewardModelJudge(Judge):
     """
 
     def __init__(self, path_or_model, tokenizer=None, *, batch_size: int = 32, name: str = "reward_model",
-                 tie_tolerance: float = 0.0):
+                 tie_tolerance: float = 0.0, device_map=None):
         from align.models import load_tokenizer
 
         self.name, self.batch_size, self.tie_tolerance = name, int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
-            self.model, loaded = load_reward_model(path_or_model, name)
+            self.model, loaded = load_reward_model(path_or_model, name, device_map)
             self.tokenizer = tokenizer or loaded
         else:
             self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
@@ -252,14 +257,15 @@ class LLMJudge(Judge):
     """
 
     def __init__(self, path_or_model, tokenizer=None, template: str = DEFAULT_TEMPLATE, *, batch_size: int = 16,
-                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm"):
+                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm", device_map=None):
         from align.models import load_causal_lm, load_tokenizer
 
         check_template(template, name)
         self.name, self.template, self.reference = name, template, reference
         self.batch_size, self.tie_tolerance = int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
-            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm")
+            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm",
+                                        **({"device_map": device_map} if device_map is not None else {}))
             self.tokenizer = tokenizer or load_tokenizer(path_or_model, field=f"judges.{name}.llm")
         else:
             self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
