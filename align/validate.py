@@ -177,6 +177,9 @@ class Checker:
             where = f"stages.{stage.name}"
             for message in self.attempt(where, kind.check, stage.spec, where) or []:
                 self.problem(message)
+            summary = self.attempt(f"{where}.args", kind.defaults, self.recipe, stage.name, stage.spec)
+            if summary:
+                self.note(summary)
             for key, (value, what) in (self.attempt(where, kind.model_refs, stage.spec) or {}).items():
                 self.model(value, f"{where}.{key}", files=FILES[what], what=what)
                 if what == "model":

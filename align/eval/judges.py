@@ -102,27 +102,33 @@ class FunctionJudge(Judge):
         return [float(v) for v in values]
 
 
-def load_reward_model(path, name: str):
-    """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base)."""
+def load_reward_model(path, name: str, model_kwargs: dict | None = None):
+    """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base); ``model_kwargs``
+    are the judge's model options (``align.models.MODEL_KWARGS``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from align.models import is_adapter, load_tokenizer, register_sequence_classifier, resolve_model_path
+    from align.models import (config_kwargs, is_adapter, load_tokenizer, loading_kwargs, register_sequence_classifier,
+                              resolve_dtype, resolve_model_path)
 
-    path = resolve_model_path(path, field=f"judges.{name}.reward_model")
-    register_sequence_classifier(path)  # a family transformers has no classifier class for: align's scalar head
+    field = f"judges.{name}.reward_model"
+    path = resolve_model_path(path, field=field)
+    options = loading_kwargs(model_kwargs, field=field)
+    if (model_kwargs or {}).get("dtype") is not None:
+        options["dtype"] = resolve_dtype(model_kwargs["dtype"], field=f"judges.{name}.model_kwargs.dtype")
+    register_sequence_classifier(path, **config_kwargs(options))  # a family without a classifier: align's scalar head
     if is_adapter(path):
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path).merge_and_unload()
+        model = AutoPeftModelForSequenceClassification.from_pretrained(path, **options).merge_and_unload()
     else:
-        architectures = AutoConfig.from_pretrained(path).architectures or []
+        architectures = AutoConfig.from_pretrained(path, **config_kwargs(options)).architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
             raise AlignError(f"judges.{name}.reward_model: {path} is not a reward model (architectures: "
                              f"{', '.join(architectures) or 'unknown'}); loading it as one would give a random score "
                              f"head. Point it at a reward stage's output, or use {{llm: {path}}} to ask a language "
                              f"model which response is better.")
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    return model, load_tokenizer(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **options)
+    return model, load_tokenizer(path, field=field, model_kwargs=model_kwargs)
 
 
 class RewardModelJudge(Judge):
@@ -137,12 +143,12 @@ class RewardModelJudge(Judge):
     """
 
     def __init__(self, path_or_model, tokenizer=None, *, batch_size: int = 32, name: str = "reward_model",
-                 tie_tolerance: float = 0.0):
+                 tie_tolerance: float = 0.0, model_kwargs: dict | None = None):
         from align.models import load_tokenizer
 
         self.name, self.batch_size, self.tie_tolerance = name, int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
-            self.model, loaded = load_reward_model(path_or_model, name)
+            self.model, loaded = load_reward_model(path_or_model, name, model_kwargs)
             self.tokenizer = tokenizer or loaded
         else:
             self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
@@ -214,15 +220,16 @@ class LLMJudge(Judge):
     """
 
     def __init__(self, path_or_model, tokenizer=None, template: str = DEFAULT_TEMPLATE, *, batch_size: int = 16,
-                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm"):
+                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm", model_kwargs: dict | None = None):
         from align.models import load_causal_lm, load_tokenizer
 
         check_template(template, name)
         self.name, self.template, self.reference = name, template, reference
         self.batch_size, self.tie_tolerance = int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
-            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm")
-            self.tokenizer = tokenizer or load_tokenizer(path_or_model, field=f"judges.{name}.llm")
+            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm", model_kwargs=model_kwargs)
+            self.tokenizer = tokenizer or load_tokenizer(path_or_model, field=f"judges.{name}.llm",
+                                                         model_kwargs=model_kwargs)
         else:
             self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
         self.chat = self.tokenizer.chat_template is not None

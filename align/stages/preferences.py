@@ -30,6 +30,7 @@ KEYS = {
     "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own; align's "
                      "default for a model without one)",
+    "model_kwargs": training.MODEL_KEYS["model_kwargs"],
 }
 TYPES = {"samples_per_prompt": int, "min_score_gap": float, "limit": int, "chat": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32}
@@ -98,8 +99,9 @@ def run(ctx) -> dict:
         ds = ds.select(range(min(int(ctx.spec["limit"]), len(ds))))
     prompts = ds["prompt"]
     judge = build_judge(ctx.spec["judge"], ctx.recipe.judges[ctx.spec["judge"]])
-    model = load_causal_lm(ctx.spec["policy"], field=ctx.where("policy"))
-    tokenizer = load_tokenizer(ctx.spec["policy"], field=ctx.where("policy"))
+    options = training.model_kwargs(ctx)
+    model = load_causal_lm(ctx.spec["policy"], field=ctx.where("policy"), model_kwargs=options)
+    tokenizer = load_tokenizer(ctx.spec["policy"], field=ctx.where("policy"), model_kwargs=options)
     chat = bool(ctx.spec.get("chat", True))
     if chat:
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
