@@ -257,6 +257,10 @@ class Checker:
         if "hub" in spec and not self.hub_reachable():
             self.skip(f"{label} (hub {spec['hub']}): not checked (no network)")
             return
+        hubs = [s["hub"] for s in spec.get("mixture") or [] if isinstance(s, dict) and "hub" in s]
+        if hubs and not self.hub_reachable():
+            self.skip(f"{label} (a mixture with hub {', '.join(hubs)}): not checked (no network)")
+            return
         ds = self.load(spec, where, label)
         if ds is None:
             return
