@@ -6,6 +6,7 @@ A stage module declares, at module level:
 - ``DATASET_KEYS`` / ``JUDGE_KEYS``: keys naming datasets / judges; ``EXPECTED``: dataset formats per key;
 - ``TYPES``: keys it converts with int()/float()/bool()/str(), and to what; ``GENERATION_DEFAULTS`` for a
   ``generation:`` mapping; ``CLASSIFIER`` when it trains a sequence classifier (LoRA only when given);
+  ``CARD_TAGS``: tags its outputs' model cards carry beside ``align`` and the kind (``align.model_cards``);
 - ``config_class()``: the library config its ``args:`` fill (absent: it takes no args); ``ARG_DEFAULTS``: the
   model-size defaults align fills for its own micro models (a real checkpoint gets the config class's own);
 - ``run(ctx) -> metrics``;
@@ -38,6 +39,7 @@ STAGE_KINDS = {
     "evaluate": "align.stages.evaluate",
     "report": "align.stages.report",
     "ppo": "align.stages.ppo",
+    "export": "align.stages.export",
 }
 MODEL_REFS = {"model": "model", "policy": "model", "reward": "model", "tokenizer": "tokenizer"}  # key -> what it names
 

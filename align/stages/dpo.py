@@ -14,11 +14,13 @@ REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
 EXPECTED = {"dataset": ("preference", "implicit_preference"),  # format per dataset key
             "eval_dataset": ("preference", "implicit_preference")}
+CARD_TAGS = ("trl", "dpo")  # model card tags beside align and the kind
 KEYS = {
     "model": "the starting policy, normally ${stages.sft}",
     "dataset": "preference pairs (prompt/chosen/rejected, standard or conversational)",
     "eval_dataset": "held-out pairs (optional)",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
+    "merge": training.MERGE_KEY,
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA; the reference "
                     "is the quantised base with the adapter disabled); needs lora",
     **MODEL_KEYS,
@@ -26,6 +28,8 @@ KEYS = {
 # align's defaults for its own micro models; a real checkpoint gets DPOConfig's own (see training.filled_defaults)
 ARG_DEFAULTS = dict(beta=0.1, learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
                     per_device_train_batch_size=16, max_length=256)
+TYPES = {"merge": bool}
+
 
 # what align validate says of its model: the context check
 model_findings = training.model_findings
@@ -60,4 +64,5 @@ def run(ctx) -> dict:
     if evals is not None:
         metrics.update(trainer.evaluate())
     ctx.save(trainer, tokenizer)
+    training.save_merged(ctx, tokenizer)
     return metrics

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast
+from align.stages import training
 from align.stages.training import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset", "rewards")
 DATASET_KEYS = ("dataset",)
 EXPECTED = {"dataset": "prompt_only"}  # format per dataset key
 JUDGE_KEYS = ("rewards",)
+CARD_TAGS = ("trl", "grpo")  # model card tags beside align and the kind
 KEYS = {
     "model": "the starting policy, normally ${stages.sft}",
     "dataset": "prompt-only data (prompt column, standard or conversational)",
     "rewards": "judge names from the recipe's judges (reward model, function); summed, weighted by args.reward_weights",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false for full fine-tuning",
+    "merge": training.MERGE_KEY,
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
     **MODEL_KEYS,
 }
@@ -27,6 +30,7 @@ KEYS = {
 # does); a real checkpoint gets GRPOConfig's / RLOOConfig's own (see training.filled_defaults)
 ARG_DEFAULTS = dict(learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8, num_generations=4,
                     max_completion_length=48, temperature=1.0, beta=0.05, max_steps=20)
+TYPES = {"merge": bool}
 
 
 def config_class():
@@ -84,6 +88,7 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
                "kl_last": logs[-1].get("kl") if logs else None}
     model.generation_config = shipped  # saved as the checkpoint had it
     ctx.save(trainer, tokenizer)
+    training.save_merged(ctx, tokenizer)
     return metrics
 
 

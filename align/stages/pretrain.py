@@ -18,6 +18,7 @@ from align.stages.training import model_kwargs
 REQUIRED = ("tokenizer", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
 EXPECTED = {"dataset": "language_modeling", "eval_dataset": "language_modeling"}  # format per dataset key
+CARD_TAGS = ("pretraining",)  # model card tags beside align and the kind
 KEYS = {
     "tokenizer": "${stages.tokenizer}, a tokenizer folder or a hub id",
     "model": "{preset: llama-tiny} plus any LlamaConfig field, or an existing model to continue pretraining",
