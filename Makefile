@@ -1,19 +1,25 @@
 # Two commands from a fresh clone:
 #   make quickstart   # creates .venv if needed, installs align, runs recipes/quickstart.yaml
 #   make test         # the same environment, then the test suite
-# The environment is reused while pyproject.toml is unchanged. Without a CUDA GPU torch is the pinned CPU
-# build; with one (nvidia-smi present) pip's default CUDA build. Override with TORCH_SPEC="torch==..." make test.
+# The environment is reused while pyproject.toml is unchanged. Which torch: with a CUDA GPU (nvidia-smi present)
+# pip's default build; on Linux without one PyTorch's CPU build, torch==2.13.0+cpu from PyTorch's CPU wheel index (the
+# plain `torch` wheel on PyPI is the CUDA build, several GB; where pip is configured with a local wheel folder holding
+# the +cpu wheel, it comes from there, and an unreachable index only costs pip's retries); on macOS PyPI's wheel,
+# which is the CPU one. Override with TORCH_SPEC="torch==..." TORCH_INDEX="" make test.
 VENV ?= .venv
 PYTHON ?= python3
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
-TORCH_SPEC ?= $(if $(HAS_CUDA),torch,torch==2.13.0)
+MACOS := $(filter Darwin,$(shell uname -s))
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_SPEC ?= $(if $(HAS_CUDA),torch,$(if $(MACOS),torch==2.13.0,torch==2.13.0+cpu))
+TORCH_INDEX ?= $(if $(HAS_CUDA)$(MACOS),,--extra-index-url $(TORCH_CPU_INDEX))
 
 .PHONY: install quickstart test gpu-wheels gpu-check gpu-check-dry-run
 
 $(VENV)/.align-installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
 	touch $@
 

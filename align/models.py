@@ -116,8 +116,67 @@ def resolve_model_path(path: str | Path, *, field: str = "model", files=MODEL_FI
                      f"Has the stage that writes it finished?")
 
 
-def load_tokenizer(path: str | Path, *, field: str = "model"):
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path, field=field, files=("tokenizer_config.json",)))
+# --------------------------------------------------------------------------- model options (TRL ModelConfig names)
+
+MODEL_KWARGS = {  # what a stage's or a judge's ``model_kwargs:`` may set, named as TRL's ModelConfig names them
+    "attn_implementation": "eager, sdpa, flash_attention_2, flex_attention, ... or a kernels hub repo "
+                           "(org/repo[:kernel]); default: transformers' choice for the model",
+    "trust_remote_code": "true runs the Python code a Hub repository ships with the model (default false)",
+    "revision": "the branch, tag or commit of a Hub model to load (default: main)",
+    "dtype": "float32, bfloat16, float16 or auto: the same as the stage's dtype key",
+}
+
+
+def attention_implementations() -> list[str]:
+    """The attention implementations transformers knows (kernels from the Hub come on top: ``org/repo[:name]``)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+
+
+def model_kwargs_problems(value, where: str) -> list[str]:
+    """Every problem of a ``model_kwargs:`` mapping that shows without loading a model."""
+    from align.errors import suggest
+    from transformers.integrations.hub_kernels import is_kernel
+
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [f"{where}: expected a mapping with keys among {', '.join(MODEL_KWARGS)}, got {value!r}."]
+    problems = []
+    for key, item in value.items():
+        if key not in MODEL_KWARGS:
+            problems.append(f"{where}.{key}: unknown model option.{suggest(str(key), MODEL_KWARGS)} "
+                            f"Valid: {', '.join(MODEL_KWARGS)}.")
+        elif key == "trust_remote_code" and not isinstance(item, bool):
+            problems.append(f"{where}.trust_remote_code: expected true or false, got {item!r}.")
+        elif key == "revision" and not isinstance(item, str):
+            problems.append(f"{where}.revision: expected a branch, tag or commit (a string), got {item!r}.")
+        elif key == "dtype" and item not in DTYPES:
+            problems.append(f"{where}.dtype: unknown dtype {item!r}; choose one of {', '.join(DTYPES)}.")
+        elif key == "attn_implementation":
+            known = attention_implementations()
+            if not isinstance(item, str) or (item not in known and not is_kernel(item)):
+                problems.append(f"{where}.attn_implementation: unknown attention implementation {item!r}."
+                                f"{suggest(str(item), known)} Valid: {', '.join(known)}, or a kernels hub repo "
+                                f"like kernels-community/flash-attn2.")
+    return problems
+
+
+def loading_kwargs(model_kwargs: dict | None, *, field: str = "model") -> dict:
+    """The ``from_pretrained`` keywords of a checked ``model_kwargs:`` (its dtype is the caller's: see
+    ``resolve_dtype``). Running a repository's own code is said every time a model is loaded with it."""
+    options = {k: v for k, v in (model_kwargs or {}).items() if k in ("attn_implementation", "trust_remote_code",
+                                                                      "revision")}
+    if options.get("trust_remote_code"):
+        log.warning("%s: trust_remote_code is on: loading runs the Python code the model's repository ships", field)
+    return options
+
+
+def load_tokenizer(path: str | Path, *, field: str = "model", model_kwargs: dict | None = None):
+    options = {k: v for k, v in loading_kwargs(model_kwargs, field=field).items() if k != "attn_implementation"}
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path, field=field, files=("tokenizer_config.json",)),
+                                              **options)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -150,7 +209,8 @@ def placement(device, kwargs: dict, *, training: bool) -> torch.device | None:
 
 
 def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model",
-                   tensor_parallel: bool | None = None, dtype=None, training: bool = False, device="auto", **kwargs):
+                   tensor_parallel: bool | None = None, dtype=None, training: bool = False, device="auto",
+                   model_kwargs: dict | None = None, **kwargs):
     """Load a model, merging a LoRA adapter into its base so the result is a plain model.
 
     ``dtype`` (a torch dtype or its name, see ``resolve_dtype``) is what the weights are held in, whatever the
@@ -163,8 +223,12 @@ def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model"
     ``tensor_parallel=True`` shards it over all processes with the model's own plan
     (``DistributedConfig(tp_plan="auto")``, see ``load_tensor_parallel``); ``None`` does so when the
     launch asked for tensor parallelism (``tensor_parallel_size() > 1``); ``False`` never does.
+
+    ``model_kwargs`` are the recipe's model options (``MODEL_KWARGS``, checked by ``model_kwargs_problems``).
     """
     path = resolve_model_path(path, field=field)
+    kwargs.update(loading_kwargs(model_kwargs, field=field))
+    dtype = dtype if dtype is not None else (model_kwargs or {}).get("dtype")
     if tensor_parallel is None:
         tensor_parallel = tensor_parallel_size() > 1 and "distributed_config" not in kwargs
     target = None if tensor_parallel else placement(device, kwargs, training=training)
@@ -207,7 +271,7 @@ def load_tensor_parallel(path: str | Path, *, merge: bool = True, field: str = "
     if is_adapter(path) and not merge:
         raise AlignError(f"{field}: {path} is a LoRA adapter, which is merged into its base before sharding under "
                          f"tensor parallelism; merge=False is not supported there.")
-    config = AutoConfig.from_pretrained(base_model_path(path))
+    config = AutoConfig.from_pretrained(base_model_path(path), **config_kwargs(kwargs))
     if not getattr(config, "base_model_tp_plan", None):
         raise AlignError(f"{field}: {config.model_type} models have no tensor-parallel plan in transformers; "
                          f"load it without tensor parallelism.")
@@ -227,6 +291,11 @@ def load_tensor_parallel(path: str | Path, *, merge: bool = True, field: str = "
                                          distributed_config=distributed, **kwargs)
     model.generation_config, model.name_or_path = merged.generation_config, merged.name_or_path
     return model
+
+
+def config_kwargs(kwargs: dict) -> dict:
+    """The keywords of a model load that ``AutoConfig.from_pretrained`` takes too."""
+    return {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "revision")}
 
 
 def training_dtype() -> torch.dtype:
@@ -304,15 +373,15 @@ def scalar_head_note(path: str | Path) -> str | None:
             f"model from its causal LM's backbone with a scalar score head ({name})")
 
 
-def register_sequence_classifier(path: str | Path) -> None:
+def register_sequence_classifier(path: str | Path, **options) -> None:
     """Make a saved classifier of a family without a transformers class loadable by ``AutoModelForSequenceClassification``."""
     from transformers import AutoConfig
 
-    sequence_classifier_class(AutoConfig.from_pretrained(path))
+    sequence_classifier_class(AutoConfig.from_pretrained(path, **options))
 
 
 def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labels: int = 1, dtype=None,
-                             training: bool = True, device="auto"):
+                             training: bool = True, device="auto", model_kwargs: dict | None = None):
     """A scalar-head classifier (reward/value model) initialised from a causal LM or a classifier.
 
     A LoRA adapter is merged into its base first; the new score head starts random, the backbone
@@ -322,17 +391,19 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(path, field=field)
-    tokenizer = load_tokenizer(path, field=field)
+    tokenizer = load_tokenizer(path, field=field, model_kwargs=model_kwargs)
     target = placement(device, {}, training=training)
-    dtype = resolve_dtype(dtype, training=training, field=field, device=target)
-    config = AutoConfig.from_pretrained(base_model_path(path))
+    dtype = resolve_dtype(dtype if dtype is not None else (model_kwargs or {}).get("dtype"), training=training,
+                          field=field, device=target)
+    options = loading_kwargs(model_kwargs, field=field)
+    config = AutoConfig.from_pretrained(base_model_path(path), **config_kwargs(options))
     sequence_classifier_class(config)
     if not is_adapter(path) and "ForSequenceClassification" in str(config.architectures):
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **options)
     else:
         # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
         lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=dtype,  # copied into an unsharded
-                            device=None)                                          # classifier, on the CPU
+                            device=None, model_kwargs=model_kwargs)              # classifier, on the CPU
         lm.config.num_labels = num_labels
         model = sequence_classifier_class(lm.config)._from_config(lm.config, dtype=lm.dtype)
         model.base_model.load_state_dict(lm.base_model.state_dict())
@@ -408,7 +479,8 @@ def quantization_config(kind, *, lora: bool, where: str):
         import bitsandbytes
     except Exception as e:  # ImportError, or a library that fails to load its native code
         raise AlignError(f"{where}: {kind} needs bitsandbytes, which does not import here ({type(e).__name__}: {e}). "
-                         f"Install it (pip install bitsandbytes) or remove quantization (LoRA alone works).") from None
+                         f"QLoRA is an optional extra: pip install 'align[qlora]' (bitsandbytes), or remove {where} "
+                         f"(LoRA alone works).") from None
     device = quantization_device()
     supported = getattr(bitsandbytes, "supported_torch_devices", {"cuda"})  # before 0.45: CUDA only
     if device not in supported:
@@ -429,7 +501,8 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def load_for_training(path, *, quantization=None, classifier: bool = False, field: str = "model", dtype=None):
+def load_for_training(path, *, quantization=None, classifier: bool = False, field: str = "model", dtype=None,
+                      model_kwargs: dict | None = None):
     """(model, tokenizer) to train: a causal LM, or with ``classifier`` a scalar-head classifier
     (``load_sequence_classifier``), in float32 master weights unless ``dtype`` says otherwise; with a
     BitsAndBytesConfig its linear layers are quantised (QLoRA) after any adapter was merged in full precision."""
@@ -437,10 +510,10 @@ def load_for_training(path, *, quantization=None, classifier: bool = False, fiel
 
     path = resolve_model_path(path, field=field)
     if classifier:
-        model = load_sequence_classifier(path, field=field, dtype=dtype)[0]
+        model = load_sequence_classifier(path, field=field, dtype=dtype, model_kwargs=model_kwargs)[0]
     else:  # a plain model is quantised while loading; an adapter is merged into its base first
         direct = quantization is not None and not is_adapter(path)
-        model = load_causal_lm(path, field=field, training=True, dtype=dtype,
+        model = load_causal_lm(path, field=field, training=True, dtype=dtype, model_kwargs=model_kwargs,
                                **({"quantization_config": quantization} if direct else {}))
     if quantization is not None and not is_quantized(model):
         name = model.name_or_path  # what a peft adapter records as its base, as without quantization
@@ -450,7 +523,7 @@ def load_for_training(path, *, quantization=None, classifier: bool = False, fiel
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         keep_4bit_trainable(model)
-    return model, load_tokenizer(path, field=field)
+    return model, load_tokenizer(path, field=field, model_kwargs=model_kwargs)
 
 
 def keep_4bit_trainable(model) -> None:

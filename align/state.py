@@ -126,6 +126,10 @@ def dataset_fingerprint(spec: dict, *, name: str = "dataset") -> str:
         payload["marker"] = marker.read_text() if marker.exists() else None
     if spec.get("map"):
         payload["map_source"] = function_source(spec["map"])
+    if "mixture" in spec:  # each source as it would load (its files, its map)
+        payload["sources"] = [dataset_fingerprint({k: v for k, v in source.items() if k not in ("fraction", "weight")},
+                                                  name=f"{name}.mixture[{i}]")
+                              for i, source in enumerate(spec["mixture"])]
     return short_hash(payload)
 
 

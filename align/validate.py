@@ -177,6 +177,9 @@ class Checker:
             where = f"stages.{stage.name}"
             for message in self.attempt(where, kind.check, stage.spec, where) or []:
                 self.problem(message)
+            summary = self.attempt(f"{where}.args", kind.defaults, self.recipe, stage.name, stage.spec)
+            if summary:
+                self.note(summary)
             for key, (value, what) in (self.attempt(where, kind.model_refs, stage.spec) or {}).items():
                 self.model(value, f"{where}.{key}", files=FILES[what], what=what)
                 if what == "model":
@@ -253,6 +256,10 @@ class Checker:
             return
         if "hub" in spec and not self.hub_reachable():
             self.skip(f"{label} (hub {spec['hub']}): not checked (no network)")
+            return
+        hubs = [s["hub"] for s in spec.get("mixture") or [] if isinstance(s, dict) and "hub" in s]
+        if hubs and not self.hub_reachable():
+            self.skip(f"{label} (a mixture with hub {', '.join(hubs)}): not checked (no network)")
             return
         ds = self.load(spec, where, label)
         if ds is None:

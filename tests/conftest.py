@@ -34,12 +34,15 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A saved micro Llama (random init) with its tokenizer: loads with AutoModelForCausalLM."""
+    """A saved micro Llama (random init) with its tokenizer: loads with AutoModelForCausalLM. It carries align's
+    marker, as a pretrain stage's output does, so stages training it take align's micro-model defaults."""
     from align.models import build_model
+    from align.stages.training import mark_align_model
 
     path = tmp_path_factory.mktemp("micro_llama")
     build_model({"preset": "llama-micro"}, tiny_tokenizer, seed=0).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
+    mark_align_model(path, "tests/conftest.py: a llama-micro preset built from scratch")
     return path
 
 

@@ -44,3 +44,13 @@ def test_compare_two_run_folders(tmp_path, micro_full_run):
     shutil.copytree(run, tmp_path / "b")
     page = compare_runs.main([str(run), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")])
     assert Path(page).exists() and "a/ppo" in Path(page).read_text()
+
+
+def test_sft_on_a_mixture_lists_it_in_the_data_card(micro_sft, tmp_path):
+    import sft_mixture
+
+    card = sft_mixture.main([str(micro_sft.parent / "pretrain"), "--chats", "48", "--max-steps", "2",
+                             "--output-dir", str(tmp_path)]).read_text()
+    # 48 builtin chats at 0.75 cap the mixture at 64 rows: 48 + 16 ShareGPT chats
+    assert "| 0.75 | - | 48 | 48 | 75.0% |" in card and "| 0.25 | - | 64 | 16 | 25.0% |" in card
+    assert (tmp_path / "sft" / "align_model.json").is_file()  # trained from align's own model, and marked so

@@ -88,7 +88,7 @@ def mutate(fn) -> dict:
     (lambda r: r["stages"]["sft"].update(model="{stages.pretrain}"), None),
     (lambda r: r["stages"]["sft"].update(model="$stages.pretrain"), None),
     (lambda r: r["stages"]["sft"].pop("model"), r"stages.sft: a sft stage needs 'model'"),
-    (lambda r: r["datasets"]["chat"].update(path="x.jsonl"), r"datasets.chat: give exactly one of builtin, path, hub or stage_dir"),
+    (lambda r: r["datasets"]["chat"].update(path="x.jsonl"), r"datasets.chat: give exactly one of builtin, path, hub, stage_dir or mixture"),
     (lambda r: r["datasets"]["chat"].update(splitt="x"), r"datasets.chat.splitt: unknown dataset key.*split"),
     (lambda r: r.update(seed="zero"), "seed: expected an integer"),
     (lambda r: r.update(judges={"gold": {"funcion": "m:f"}}), r"judges.gold: expected exactly one of"),

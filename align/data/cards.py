@@ -65,6 +65,8 @@ def truncate(value, limit: int = 300):
 
 
 def licence_of(spec: dict) -> str:
+    if "mixture" in spec:
+        return "; ".join(f"source {i}: {licence_of(s)}" for i, s in enumerate(spec["mixture"]))
     if "builtin" in spec:
         from align.data.builtin import BUILTINS
 
@@ -114,6 +116,17 @@ def write_data_card(ds, path, *, name: str, spec: dict, fmt: str | None = None, 
                else "contents of the text fields")
         lines.append(f"- **Tokens** ({how}): {sum(counts):,} in all, {sum(counts) / len(counts):.1f} per row on "
                      f"average, {max(counts):,} at most")
+    mixture = getattr(ds, "align_mixture", None)  # set by load_dataset for a mixture: of sources
+    if mixture:
+        total = sum(m["rows_used"] for m in mixture) or 1
+        lines += ["", "## Mixture", "",
+                  "| source | fraction asked | weight | rows available | rows used | share of the mixture |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| `{json.dumps(m['source'], default=str)}` | {'-' if m['fraction'] is None else m['fraction']} | "
+                  f"{'-' if m['weight'] is None else m['weight']} | {m['rows_available']:,} | {m['rows_used']:,} | "
+                  f"{m['rows_used'] / total:.1%} |" for m in mixture]
+        lines += ["", "Rows before the mixture's own options (limit, on_invalid_rows) applied; sources shuffled "
+                      "together."]
     dropped = getattr(ds, "align_dropped", None)  # set by load_dataset under on_invalid_rows: drop
     if dropped is not None:
         lines += ["", *dropped.markdown()]

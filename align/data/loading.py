@@ -10,6 +10,11 @@ for ``convert``, ``shuffle`` + ``limit`` takes a random sample, and ``limit`` co
 ``on_invalid_rows: error`` (the default) leaves rows to the stage's check, which stops at the first bad
 row; ``drop`` drops every invalid row and counts them per reason in the log and the data card. Text files are one document per
 file unless ``sample_by: paragraph`` or ``line`` (then blank rows are dropped).
+
+``mixture:`` lists several sources (each a dataset spec of its own, with its own ``convert:``), normalised to one
+format and mixed: ``fraction`` is a source's share of the mixture (TRL's ``DatasetConfig.fraction``: normalised,
+and the mixture is as large as it can be without repeating a row), ``weight`` the share of its own rows it keeps
+(the alignment-handbook's ``dataset_mixture`` weight). The mixture is shuffled (``seed``); the data card lists it.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from pathlib import Path
 from align.errors import AlignError, suggest
 from align.functions import import_function
 
-SOURCES = ("builtin", "path", "hub", "stage_dir")
+SOURCES = ("builtin", "path", "hub", "stage_dir", "mixture")
+MIXTURE_KEYS = ("fraction", "weight")  # what a mixture's source may give beside its own dataset spec
 OPTIONS = {  # key -> the source it is limited to (None: every source)
     "split": None, "rename": None, "limit": None, "shuffle": None, "seed": None, "map": None, "convert": None,
     "on_invalid_rows": None, "chat_template_kwargs": None,
     "size": "builtin", "config": "hub", "revision": "hub", "sample_by": "path",
 }
+NOT_WITH_MIXTURE = ("split",)  # a source's own
 DATASET_SPEC_KEYS = frozenset({*SOURCES, *OPTIONS})
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 # A text file is one document by default: a novel keeps its newlines and is not cut into
@@ -37,19 +44,28 @@ ON_INVALID_ROWS = ("error", "drop")
 log = logging.getLogger("align")
 
 
-def check_spec(spec, name: str) -> None:
+def check_spec(spec, name: str, *, in_mixture: bool = False) -> None:
     """Refuse unknown keys, a missing or doubled source, and values of the wrong kind, before any reading."""
     if not isinstance(spec, dict):
         raise AlignError(f"{name}: expected a dataset spec mapping like {{path: data.jsonl}} or "
                          f"{{builtin: reviews, split: sft}}, got {spec!r}.")
+    valid = DATASET_SPEC_KEYS | set(MIXTURE_KEYS) if in_mixture else DATASET_SPEC_KEYS
     for key in spec:
-        if key not in DATASET_SPEC_KEYS:
-            raise AlignError(f"{name}.{key}: unknown dataset key.{suggest(key, DATASET_SPEC_KEYS)} "
-                             f"Valid keys: {', '.join(sorted(DATASET_SPEC_KEYS))}.")
+        if key not in valid:
+            raise AlignError(f"{name}.{key}: unknown dataset key.{suggest(key, valid)} "
+                             f"Valid keys: {', '.join(sorted(valid))}.")
     sources = [k for k in SOURCES if k in spec]
     if len(sources) != 1:
-        raise AlignError(f"{name}: give exactly one of builtin, path, hub or stage_dir "
+        raise AlignError(f"{name}: give exactly one of builtin, path, hub, stage_dir or mixture "
                          f"(found {', '.join(sources) if sources else 'none'}).")
+    if "mixture" in spec:
+        check_mixture(spec, name, nested=in_mixture)
+    for key in MIXTURE_KEYS:
+        if key in spec and (not isinstance(spec[key], (int, float)) or isinstance(spec[key], bool)
+                            or not 0 <= spec[key] <= (1 if key == "weight" else float("inf"))):
+            bound = "between 0 and 1 (the share of this source's rows kept)" if key == "weight" else \
+                "a number >= 0 (its share of the mixture, normalised over the sources)"
+            raise AlignError(f"{name}.{key}: expected {bound}, got {spec[key]!r}.")
     for key, source in OPTIONS.items():
         if key in spec and source and source not in spec:
             raise AlignError(f"{name}.{key}: only applies to {source}: datasets, not {sources[0]}:.")
@@ -80,6 +96,28 @@ def check_spec(spec, name: str) -> None:
             raise AlignError(problem)
     if ":" not in str(spec.get("map", ":")):
         raise AlignError(f"{name}.map: expected module:function, got {spec['map']!r}.")
+
+
+def check_mixture(spec: dict, name: str, *, nested: bool) -> None:
+    """A mixture: a non-empty list of dataset specs, none a mixture itself, fractions on all sources or none."""
+    sources = spec["mixture"]
+    if nested:
+        raise AlignError(f"{name}.mixture: a mixture's source cannot be a mixture; list its sources in the outer one.")
+    if not isinstance(sources, list) or not sources:
+        raise AlignError(f"{name}.mixture: expected a list of dataset specs, e.g. [{{hub: trl-lib/Capybara, "
+                         f"fraction: 0.7}}, {{path: mine.jsonl, convert: sharegpt, fraction: 0.3}}], got {sources!r}.")
+    for key in NOT_WITH_MIXTURE:
+        if key in spec:
+            raise AlignError(f"{name}.{key}: give {key} on each source of the mixture, not beside it.")
+    for i, source in enumerate(sources):
+        check_spec(source, f"{name}.mixture[{i}]", in_mixture=True)
+    given = [isinstance(s, dict) and "fraction" in s for s in sources]
+    if any(given) and not all(given):
+        missing = ", ".join(f"{name}.mixture[{i}]" for i, g in enumerate(given) if not g)
+        raise AlignError(f"{name}.mixture: fraction is set on some sources and not on {missing}; give every source a "
+                         f"fraction (its share of the mixture) or none (every row of each source).")
+    if any(given) and not sum(s["fraction"] for s in sources) > 0:
+        raise AlignError(f"{name}.mixture: the fractions sum to 0; give at least one source a share above 0.")
 
 
 def expand_paths(spec: dict) -> list[Path]:
@@ -177,7 +215,62 @@ def load_stage_output(spec: dict, name: str):
     return ds[split]
 
 
+def mix(spec: dict, name: str):
+    """The mixture's sources, each loaded and prepared by its own spec, normalised to one format (that format's
+    columns plus any column every source has alike), sized by ``weight`` then ``fraction``, concatenated and
+    shuffled. The result carries ``align_mixture`` (a list of dicts per source), which the data card reports."""
+    import datasets
+
+    from align.data.formats import FORMATS, detect_format
+
+    parts, formats = [], []
+    for i, source in enumerate(spec["mixture"]):
+        where = f"{name}.mixture[{i}]"
+        ds = load_dataset({k: v for k, v in source.items() if k not in MIXTURE_KEYS}, name=where)
+        formats.append(detect_format(ds, name=where))
+        available = len(ds)
+        if "weight" in source:
+            ds = ds.select(range(round(source["weight"] * available)))
+        parts.append({"ds": ds, "available": available, "where": where, "source": source})
+    if len(set(formats)) > 1:
+        raise AlignError(f"{name}.mixture: the sources are in different formats ("
+                         + ", ".join(f"{p['where']}: {f}" for p, f in zip(parts, formats))
+                         + "); give each the same format, e.g. with convert:, rename: or map: on a source.")
+    fraction = [p["source"].get("fraction") for p in parts]
+    if fraction[0] is not None:  # TRL's rule: shares of the mixture, as many rows as possible without repeating one
+        shares = [f / sum(fraction) for f in fraction]
+        total = min(len(p["ds"]) / s for p, s in zip(parts, shares) if s > 0)
+        for p, s in zip(parts, shares):
+            p["ds"] = p["ds"].select(range(min(len(p["ds"]), round(s * total))))
+    first = parts[0]["ds"]
+    keep = [c for c in first.column_names if c in FORMATS[formats[0]]
+            or all(c in p["ds"].column_names and p["ds"].features[c] == first.features[c] for p in parts)]
+    target = first.select_columns(keep).features
+    aligned = []
+    for p in parts:
+        ds = p["ds"].select_columns(keep)
+        if ds.features != target:
+            try:
+                ds = ds.cast(target)
+            except Exception as e:  # noqa: BLE001 -- e.g. messages with other keys in one source
+                raise AlignError(f"{p['where']}: its columns do not match {parts[0]['where']}'s ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:300]}); make them alike with map: on a source.") from None
+        aligned.append(ds)
+    mixed = datasets.concatenate_datasets(aligned)
+    if len(mixed):
+        mixed = mixed.shuffle(seed=spec.get("seed", 0))
+    mixed.align_mixture = [{"source": {k: v for k, v in p["source"].items() if k not in MIXTURE_KEYS},
+                            "fraction": p["source"].get("fraction"), "weight": p["source"].get("weight"),
+                            "rows_available": p["available"], "rows_used": len(ds)}
+                           for p, ds in zip(parts, aligned)]
+    log.info("%s: mixture of %d sources, %s", name, len(parts),
+             ", ".join(f"{m['rows_used']:,} rows from {p['where']}" for m, p in zip(mixed.align_mixture, parts)))
+    return mixed
+
+
 def load_source(spec: dict, name: str):
+    if "mixture" in spec:
+        return mix(spec, name)
     if "builtin" in spec:
         from align.data.builtin import load_builtin
 
@@ -234,6 +327,7 @@ def load_dataset(spec: dict, *, name: str):
 
 def prepare(ds, spec: dict, *, name: str):
     """Everything after reading the source: rename, convert, map, on_invalid_rows, shuffle, limit."""
+    mixture = getattr(ds, "align_mixture", None)
     for old, new in (spec.get("rename") or {}).items():
         if old not in ds.column_names:
             raise AlignError(f"{name}.rename: no column {old!r}; columns are {ds.column_names}.")
@@ -267,4 +361,6 @@ def prepare(ds, spec: dict, *, name: str):
         raise AlignError(f"{name}: the dataset is empty after loading (split {spec.get('split', 'train')!r}).")
     if dropped is not None:
         ds.align_dropped = dropped  # read by write_data_card
+    if mixture is not None:
+        ds.align_mixture = mixture  # read by write_data_card
     return ds

@@ -14,8 +14,8 @@ from align.refs import REF_PATTERN
 
 JUDGE_OPTIONS = {  # kind -> the options a spec of that kind may give beside it
     "function": ("tie_tolerance",),
-    "reward_model": ("batch_size", "tie_tolerance", "device_map"),
-    "llm": ("template", "batch_size", "reference", "tie_tolerance", "device_map"),
+    "reward_model": ("batch_size", "tie_tolerance", "device_map", "model_kwargs"),
+    "llm": ("template", "batch_size", "reference", "tie_tolerance", "device_map", "model_kwargs"),
     "openai": openai_judge.OPTIONS,
 }
 MODEL_KINDS = ("reward_model", "llm")  # kinds that load a model (a folder, a stage output or a hub id)
@@ -47,6 +47,10 @@ def judge_problems(spec, where: str) -> list[str]:
                 for key in spec if key not in valid]
     problems += [f"{where}.{key}: expected {tp.__name__}, got {spec[key]!r}."
                  for key, tp in OPTION_TYPES.items() if key in spec and not matches(spec[key], tp)]
+    if "model_kwargs" in spec and "model_kwargs" in valid:  # the judge model's options (TRL ModelConfig names)
+        from align.models import model_kwargs_problems
+
+        problems += model_kwargs_problems(spec["model_kwargs"], f"{where}.model_kwargs")
     checks = [lambda: check_template(spec["template"], where.removeprefix("judges."))] \
         if isinstance(spec.get("template"), str) else []
     if kind == "openai" and not problems:

@@ -133,32 +133,37 @@ class FunctionJudge(Judge):
         return [float(v) for v in values]
 
 
-def load_reward_model(path, name: str, device_map=None):
+def load_reward_model(path, name: str, device_map=None, model_kwargs: dict | None = None):
     """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base), on this process's
-    device in its inference dtype (``models.placement``), or spread by transformers with ``device_map``."""
+    device in its inference dtype (``models.placement``), or spread by transformers with ``device_map``;
+    ``model_kwargs`` are the judge's model options (``align.models.MODEL_KWARGS``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from align.models import (is_adapter, load_tokenizer, placement, register_sequence_classifier, resolve_dtype,
-                              resolve_model_path)
+    from align.models import (config_kwargs, is_adapter, load_tokenizer, loading_kwargs, placement,
+                              register_sequence_classifier, resolve_dtype, resolve_model_path)
 
-    path = resolve_model_path(path, field=f"judges.{name}.reward_model")
-    register_sequence_classifier(path)  # a family transformers has no classifier class for: align's scalar head
-    kwargs = {"device_map": device_map} if device_map is not None else {}
-    target = placement("auto", kwargs, training=False)
-    kwargs["dtype"] = resolve_dtype(None, device=target)
+    field = f"judges.{name}.reward_model"
+    path = resolve_model_path(path, field=field)
+    options = loading_kwargs(model_kwargs, field=field)
+    if device_map is not None:
+        options["device_map"] = device_map
+    target = placement("auto", options, training=False)
+    options["dtype"] = resolve_dtype((model_kwargs or {}).get("dtype"), field=f"judges.{name}.model_kwargs.dtype",
+                                     device=target)
+    register_sequence_classifier(path, **config_kwargs(options))  # a family without a classifier: align's scalar head
     if is_adapter(path):
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path, **kwargs).merge_and_unload()
+        model = AutoPeftModelForSequenceClassification.from_pretrained(path, **options).merge_and_unload()
     else:
-        architectures = AutoConfig.from_pretrained(path).architectures or []
+        architectures = AutoConfig.from_pretrained(path, **config_kwargs(options)).architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
             raise AlignError(f"judges.{name}.reward_model: {path} is not a reward model (architectures: "
                              f"{', '.join(architectures) or 'unknown'}); loading it as one would give a random score "
                              f"head. Point it at a reward stage's output, or use {{llm: {path}}} to ask a language "
                              f"model which response is better.")
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    return (model if target is None else model.to(target)), load_tokenizer(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **options)
+    return (model if target is None else model.to(target)), load_tokenizer(path, field=field, model_kwargs=model_kwargs)
 
 
 class RewardModelJudge(Judge):
@@ -173,12 +178,12 @@ class RewardModelJudge(Judge):
     """
 
     def __init__(self, path_or_model, tokenizer=None, *, batch_size: int = 32, name: str = "reward_model",
-                 tie_tolerance: float = 0.0, device_map=None):
+                 tie_tolerance: float = 0.0, device_map=None, model_kwargs: dict | None = None):
         from align.models import load_tokenizer
 
         self.name, self.batch_size, self.tie_tolerance = name, int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
-            self.model, loaded = load_reward_model(path_or_model, name, device_map)
+            self.model, loaded = load_reward_model(path_or_model, name, device_map, model_kwargs)
             self.tokenizer = tokenizer or loaded
         else:
             self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
@@ -257,16 +262,18 @@ class LLMJudge(Judge):
     """
 
     def __init__(self, path_or_model, tokenizer=None, template: str = DEFAULT_TEMPLATE, *, batch_size: int = 16,
-                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm", device_map=None):
+                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm", device_map=None,
+                 model_kwargs: dict | None = None):
         from align.models import load_causal_lm, load_tokenizer
 
         check_template(template, name)
         self.name, self.template, self.reference = name, template, reference
         self.batch_size, self.tie_tolerance = int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
-            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm",
+            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm", model_kwargs=model_kwargs,
                                         **({"device_map": device_map} if device_map is not None else {}))
-            self.tokenizer = tokenizer or load_tokenizer(path_or_model, field=f"judges.{name}.llm")
+            self.tokenizer = tokenizer or load_tokenizer(path_or_model, field=f"judges.{name}.llm",
+                                                         model_kwargs=model_kwargs)
         else:
             self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
         self.chat = self.tokenizer.chat_template is not None

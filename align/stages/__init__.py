@@ -7,7 +7,8 @@ A stage module declares, at module level:
 - ``TYPES``: keys it converts with int()/float()/bool()/str(), and to what; ``GENERATION_DEFAULTS`` for a
   ``generation:`` mapping; ``CLASSIFIER`` when it trains a sequence classifier (LoRA only when given);
   ``CARD_TAGS``: tags its outputs' model cards carry beside ``align`` and the kind (``align.model_cards``);
-- ``config_class()``: the library config its ``args:`` fill (absent: it takes no args);
+- ``config_class()``: the library config its ``args:`` fill (absent: it takes no args); ``ARG_DEFAULTS``: the
+  model-size defaults align fills for its own micro models (a real checkpoint gets the config class's own);
 - ``run(ctx) -> metrics``;
 - optionally ``check(spec, where) -> list[str]``: its own rules, which its ``run`` enforces too;
   ``check_dataset(spec, key, ds, where, label)``: a rule on a loaded dataset; ``model_refs(spec)``: the model and
@@ -89,6 +90,22 @@ class StageKind:
     def config_class(self):
         """``config_class()`` returning the library config class, or None for a stage without ``args:``."""
         return self.declared("config_class")
+
+    @property
+    def arg_defaults(self) -> dict:
+        return self.declared("ARG_DEFAULTS", {})
+
+    def defaults(self, recipe, name: str, spec: dict) -> str | None:
+        """Which defaults fill the stage's unset ``args:`` (align's micro-model ones or the library config's own,
+        by the model it trains), with their values; None for a stage without ``args:``."""
+        from align.stages.training import defaults_summary, filled_defaults, model_origin
+
+        if self.config_class is None:
+            return None
+        config_class = self.config_class()
+        own, why = model_origin(recipe, spec)
+        args = spec.get("args") if isinstance(spec.get("args"), dict) else {}
+        return defaults_summary(name, config_class, filled_defaults(config_class, self.arg_defaults, args, own), own, why)
 
     def run(self, ctx) -> dict:
         return self.module.run(ctx)

@@ -71,12 +71,22 @@ class StageContext:
             write_data_card(ds, self.out_dir / f"data_card_{name}.md", name=name, spec=spec, fmt=fmt, tokenizer=tokenizer)
         return ds
 
-    def config(self, config_class, **defaults):
-        """The stage's library config: align's defaults, then the recipe's ``args`` verbatim."""
+    def model_origin(self) -> tuple[bool, str]:
+        """(whether the model this stage trains is align's own from-scratch model, why): see ``training.model_origin``."""
+        from align.stages.training import model_origin
+
+        return model_origin(self.recipe, self.spec)
+
+    def config(self, config_class, micro: dict | None = None, **settings):
+        """The stage's library config: the run's settings (output folder, seed, precision for the device) and the
+        stage's ``settings`` for every model; for the unset model-size fields, align's ``micro`` defaults when the
+        model is align's own and the library config's own defaults for a real checkpoint (the log says which);
+        then the recipe's ``args`` verbatim."""
         import torch
 
         from align.launch import tensor_parallel_size
         from align.models import training_dtype
+        from align.stages.training import defaults_summary, filled_defaults
 
         if tensor_parallel_size() > 1 and not torch.cuda.is_available():
             raise AlignError(f"stages.{self.name}: training under tensor parallelism needs GPUs (accelerate accepts a "
@@ -87,14 +97,11 @@ class StageContext:
         if "output_dir" in user:
             raise AlignError(f"{self.where('args.output_dir')}: align sets output_dir to the stage folder "
                              f"({self.out_dir}); change the recipe's output_dir instead.")
-        common = {
+        common = {  # the run's settings, for every model (training.RUN_SETTINGS)
             "output_dir": str(self.out_dir),
             "seed": self.seed,
             "report_to": "none",
-            "logging_steps": 10,
-            "save_steps": 100,
             "save_total_limit": 2,
-            "gradient_checkpointing": False,  # tiny models: recomputation costs more than it saves
             "bf16": training_dtype() == torch.bfloat16,
             "fp16": False,
             "use_cpu": not torch.cuda.is_available(),
@@ -102,7 +109,12 @@ class StageContext:
         }
         if self.tracking and "report_to" not in user:  # the recipe's trackers, unless args.report_to says otherwise
             common.update(self.tracking.trainer_args(self.name))
-        base = {k: v for k, v in {**common, **defaults}.items() if k in fields}
+        own, why = self.model_origin()
+        filled = filled_defaults(config_class, micro or {}, {**settings, **user}, own)
+        if self.is_main_process:
+            log.info("%s", defaults_summary(self.name, config_class, filled, own, why))
+        defaults = {key: value for key, (value, _) in filled.items()} if own else {}
+        base = {k: v for k, v in {**common, **defaults, **settings}.items() if k in fields}
         try:
             return config_class(**{**base, **user})
         except (TypeError, ValueError) as e:
@@ -159,6 +171,16 @@ class StageContext:
         trainer.save_state()
         if self.is_main_process:
             tokenizer.save_pretrained(self.out_dir)
+            self.mark_model(self.out_dir)
+
+    def mark_model(self, folder) -> None:
+        """A saved model folder says when its weights descend from align's own pretraining, so that a later recipe
+        naming the folder by path gets align's micro-model defaults for it, as ``${stages.X}`` would."""
+        from align.stages.training import mark_align_model
+
+        own, why = self.model_origin()
+        if own:
+            mark_align_model(folder, f"stages.{self.name} of recipe {self.recipe.name}, {why}")
 
     def resume_checkpoint(self, trainer=None) -> str | None:
         """The newest complete checkpoint of this attempt (incomplete ones set aside, ``align.checkpoints``). Given

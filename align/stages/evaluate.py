@@ -17,6 +17,7 @@ from pathlib import Path
 from align.errors import AlignError, suggest
 from align.chat_templates import row_options
 from align.functions import columns_of
+from align.stages import training
 
 REQUIRED = ("policies", "prompts", "judges")
 DATASET_KEYS = ("prompts", "heldout")
@@ -44,6 +45,7 @@ KEYS = {
                      "(default: each policy's own; align's default for a model without one)",
     "chat_template_kwargs": "template variables for rendering prompts, e.g. {enable_thinking: false} (default: those "
                             "the model's tokenizer was saved with); a dataset's own override them row by row",
+    "model_kwargs": training.MODEL_KEYS["model_kwargs"] + " (every policy)",
 }
 TYPES = {"limit": int, "n_bootstrap": int, "chat": bool, "reference": str, "length_anchors": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32}
@@ -99,7 +101,7 @@ def load_policy_tokenizer(ctx, path):
     from align.chat_templates import prepare_chat_template
     from align.models import load_tokenizer
 
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, model_kwargs=training.model_kwargs(ctx))
     if ctx.spec.get("chat", True):
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
                               context_check=ctx.spec.get("context_check"), kwargs=ctx.spec.get("chat_template_kwargs"))
@@ -152,7 +154,7 @@ def evaluate_policy(ctx, name, path, rows, judges, reference, generation, heldou
     from align.eval.kl import kl_from_ids
     from align.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(path), load_policy_tokenizer(ctx, path)
+    model, tokenizer = load_causal_lm(path, model_kwargs=training.model_kwargs(ctx)), load_policy_tokenizer(ctx, path)
     ref_model, ref_tokenizer = reference
     comparable = same_vocabulary(tokenizer, ref_tokenizer)
     extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
@@ -283,7 +285,8 @@ def run(ctx) -> dict:
     prompts = [row["prompt"] for row in rows]
     heldout = ctx.dataset("heldout", expected=EXPECTED["heldout"])["text"] if "heldout" in ctx.spec else None
 
-    reference = (load_causal_lm(policies[reference_name]), load_policy_tokenizer(ctx, policies[reference_name]))
+    reference = (load_causal_lm(policies[reference_name], model_kwargs=training.model_kwargs(ctx)),
+                 load_policy_tokenizer(ctx, policies[reference_name]))
     results, by_policy = {}, {}
     for name, path in policies.items():
         if ctx.is_main_process:

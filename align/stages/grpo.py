@@ -1,8 +1,8 @@
 """grpo stage: TRL's GRPOTrainer on prompt-only data, rewarded by the recipe's judges.
 
 Judges (a reward model, the gold function, any ``module:function``) become TRL reward functions.
-TRL's GRPO defaults to no KL term (``beta: 0``); align sets ``beta: 0.05`` so the policy is held
-near the SFT model like PPO's KL penalty, which the RLHF-vs-DPO comparison needs.
+TRL's GRPO defaults to no KL term (``beta: 0``); for align's own models align sets ``beta: 0.05`` so the policy is
+held near the SFT model like PPO's KL penalty, which the RLHF-vs-DPO comparison needs; a real checkpoint gets TRL's.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ KEYS = {
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
     **MODEL_KEYS,
 }
+# align's defaults for its own micro models (beta 0.05 holds the policy near the SFT model, as PPO's KL penalty
+# does); a real checkpoint gets GRPOConfig's / RLOOConfig's own (see training.filled_defaults)
+ARG_DEFAULTS = dict(learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8, num_generations=4,
+                    max_completion_length=48, temperature=1.0, beta=0.05, max_steps=20)
 TYPES = {"merge": bool}
 
 
@@ -86,10 +90,8 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     shipped, model.generation_config = model.generation_config, neutral_generation_config(model)
     train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
     train = conversation_template(ctx, tokenizer, train)
-    args = ctx.config(config, learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8,
-                      num_generations=4, max_completion_length=48, temperature=1.0, beta=0.05,
-                      max_steps=20, logging_steps=1, chat_template_kwargs=sampling_kwargs(ctx, tokenizer, train),
-                      **defaults)
+    args = ctx.config(config, ARG_DEFAULTS, logging_steps=1,
+                      chat_template_kwargs=sampling_kwargs(ctx, tokenizer, train), **defaults)
     if args.beta == 0:
         print(f"{ctx.name}: beta is 0, so nothing keeps the policy near the SFT model (no KL term).")
     try:

@@ -40,8 +40,11 @@ KEYS = {
     "chat_template_kwargs": "template variables for rendering prompts, e.g. {enable_thinking: false} (default: those "
                             "the model's tokenizer was saved with); a dataset's own override them row by row",
     "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
+    "model_kwargs": training.MODEL_KEYS["model_kwargs"] + " (policy, reward and value models)",
 }
 TYPES = {"chat": bool, "merge": bool}
+# align's defaults for its own micro models; a real checkpoint gets PPOConfig's own (see training.filled_defaults)
+ARG_DEFAULTS = dict(logging_steps=1, save_steps=20)
 
 
 def check(spec: dict, where: str) -> list[str]:
@@ -82,12 +85,14 @@ def run(ctx) -> dict:
     train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
     evals = ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
     # the reward model keeps its own tokenizer and template: it may be of another family than the policy
-    reward_model, reward_tokenizer = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward")) \
+    options = training.model_kwargs(ctx)
+    reward_model, reward_tokenizer = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward"),
+                                                              model_kwargs=options) \
         if "reward" in ctx.spec else (None, None)
-    args = ctx.config(config_class(), logging_steps=1, save_steps=20)
+    args = ctx.config(config_class(), ARG_DEFAULTS)
     value_model = None  # a 4/8-bit policy cannot seed the value model: take the full-precision weights instead
     if is_quantized(model) and (reward_model is None or args.value_model_init == "policy"):
-        value_model = load_sequence_classifier(ctx.spec["policy"], field=ctx.where("policy"))[0]
+        value_model = load_sequence_classifier(ctx.spec["policy"], field=ctx.where("policy"), model_kwargs=options)[0]
     trainer = PPOTrainer(model=model, reward_model=reward_model, value_model=value_model,
                          reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
                          processing_class=tokenizer, reward_processing_class=reward_tokenizer, chat=chat,
@@ -112,5 +117,6 @@ def run(ctx) -> dict:
     if ctx.is_main_process:
         tokenizer.save_pretrained(ctx.out_dir)
         trainer.save_state()
+        ctx.mark_model(ctx.out_dir)
     training.save_merged(ctx, tokenizer)
     return metrics

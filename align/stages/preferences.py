@@ -32,6 +32,7 @@ KEYS = {
                      "default for a model without one)",
     "chat_template_kwargs": "template variables for rendering prompts, e.g. {enable_thinking: false} (default: those "
                             "the model's tokenizer was saved with); a dataset's own override them row by row",
+    "model_kwargs": training.MODEL_KEYS["model_kwargs"],
 }
 TYPES = {"samples_per_prompt": int, "min_score_gap": float, "limit": int, "chat": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32}
@@ -103,8 +104,9 @@ def run(ctx) -> dict:
         ds = ds.select(range(min(int(ctx.spec["limit"]), len(ds))))
     prompts = ds["prompt"]
     judge = build_judge(ctx.spec["judge"], ctx.recipe.judges[ctx.spec["judge"]])
-    model = load_causal_lm(ctx.spec["policy"], field=ctx.where("policy"))
-    tokenizer = load_tokenizer(ctx.spec["policy"], field=ctx.where("policy"))
+    options = training.model_kwargs(ctx)
+    model = load_causal_lm(ctx.spec["policy"], field=ctx.where("policy"), model_kwargs=options)
+    tokenizer = load_tokenizer(ctx.spec["policy"], field=ctx.where("policy"), model_kwargs=options)
     chat = bool(ctx.spec.get("chat", True))
     if chat:
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),

@@ -13,6 +13,7 @@ import math
 
 from align.errors import AlignError, suggest
 from align.models import build_model, count_parameters, load_causal_lm, load_tokenizer
+from align.stages.training import model_kwargs
 
 REQUIRED = ("tokenizer", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -26,8 +27,14 @@ KEYS = {
     "block_size": "tokens per training sequence (default 256)",
     "eval_fraction": "share of the text, at its end, held out when no eval_dataset is given (default 0.05); "
                      "give the tokenizer stage the same eval_fraction so that it never sees the held-out text",
+    "model_kwargs": "model options for a model to continue pretraining (TRL ModelConfig names): attn_implementation, "
+                    "trust_remote_code (default false), revision, dtype",
 }
 TYPES = {"block_size": int, "eval_fraction": float}
+# align's defaults for its own micro models; continuing a real checkpoint gets TrainingArguments' own
+ARG_DEFAULTS = dict(learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.1,
+                    adam_beta2=0.95, max_grad_norm=1.0, per_device_train_batch_size=16, per_device_eval_batch_size=32,
+                    num_train_epochs=1, eval_steps=100)
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
 
 
@@ -149,17 +156,13 @@ def run(ctx) -> dict:
     if problems:
         raise AlignError("\n".join(problems))
     if isinstance(model_spec, str):
-        model = load_causal_lm(model_spec, field=ctx.where("model"), training=True)  # float32 master weights
+        model = load_causal_lm(model_spec, field=ctx.where("model"), training=True,  # float32 master weights
+                               model_kwargs=model_kwargs(ctx))
     else:
         model = build_model(model_spec, tokenizer, seed=ctx.seed, field=ctx.where("model"))
     n_params = count_parameters(model)
 
-    args = ctx.config(
-        config_class(),
-        learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.1, adam_beta2=0.95,
-        max_grad_norm=1.0, per_device_train_batch_size=16, per_device_eval_batch_size=32, num_train_epochs=1,
-        eval_strategy="steps", eval_steps=100,
-    )
+    args = ctx.config(config_class(), ARG_DEFAULTS, eval_strategy="steps")
     trainer = Trainer(model=model, args=args, train_dataset=train_blocks, eval_dataset=eval_blocks,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), processing_class=tokenizer)
     world = args.world_size

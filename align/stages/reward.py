@@ -27,6 +27,9 @@ KEYS = {
     **MODEL_KEYS,
 }
 TYPES = {"eval_fraction": float}
+# align's defaults for its own micro models; a real checkpoint gets RewardConfig's own (see training.filled_defaults)
+ARG_DEFAULTS = dict(learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
+                    per_device_train_batch_size=16, per_device_eval_batch_size=32, max_length=256)
 CLASSIFIER = True  # a sequence classifier: LoRA only when `lora:` is given
 PREFERENCE_FORMATS = ("preference", "implicit_preference")
 EXPECTED = {"dataset": PREFERENCE_FORMATS, "eval_dataset": PREFERENCE_FORMATS}  # format per dataset key
@@ -53,9 +56,7 @@ def run(ctx) -> dict:
     else:
         split = train.train_test_split(test_size=float(ctx.spec.get("eval_fraction", 0.1)), seed=ctx.seed)
         train, evals = split["train"], split["test"]
-    args = ctx.config(config_class(), learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05,
-                      num_train_epochs=1, per_device_train_batch_size=16, per_device_eval_batch_size=32,
-                      max_length=256, eval_strategy="epoch")
+    args = ctx.config(config_class(), ARG_DEFAULTS, eval_strategy="epoch")
     peft = lora_config(ctx.spec["lora"], ctx.where("lora")) if ctx.spec.get("lora") else None
     if peft is not None:
         peft.task_type = "SEQ_CLS"
@@ -80,7 +81,8 @@ def run(ctx) -> dict:
         print(f"reward: {dropped['train_pairs_dropped']} training and {dropped['eval_pairs_dropped']} held-out pairs "
               f"were longer than max_length={args.max_length} tokens and dropped by TRL; raise args.max_length to keep them.")
     if peft is not None:  # save a plain model, as a reward model without LoRA is
-        base = lambda: load_sequence_classifier(ctx.spec["model"], field=ctx.where("model"))[0]  # noqa: E731
+        base = lambda: load_sequence_classifier(ctx.spec["model"], field=ctx.where("model"),  # noqa: E731
+                                                model_kwargs=training.model_kwargs(ctx))[0]
         trainer.model = merge_lora(trainer.model, base)
     ctx.save(trainer, tokenizer)
     if ctx.is_main_process:

@@ -13,6 +13,7 @@ from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_lora, restore_shipped_config
 from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config, with_template_kwargs
 from align.stages.training import model_findings  # noqa: F401 -- declared: what align validate says of its model
+from align.stages import training
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
@@ -34,6 +35,9 @@ KEYS = {
 }
 TYPES = {"merge": bool}
 KEPT_COLUMNS = ("tools", "chat_template_kwargs")  # per-row rendering options TRL reads
+# align's defaults for its own micro models; a real checkpoint gets SFTConfig's own (see training.filled_defaults)
+ARG_DEFAULTS = dict(learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
+                    per_device_train_batch_size=16, max_length=512)
 log = logging.getLogger("align")
 
 
@@ -99,12 +103,7 @@ def run(ctx) -> dict:
     else:
         train = conversation_template(ctx, tokenizer, train, generation_prompt=ctx.spec.get("generation_prompt"))
         evals = with_template_kwargs(evals, tokenizer)
-    args = ctx.config(
-        config_class(),
-        learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,
-        per_device_train_batch_size=16, max_length=512, eval_strategy="epoch" if evals is not None else "no",
-        **loss,
-    )
+    args = ctx.config(config_class(), ARG_DEFAULTS, eval_strategy="epoch" if evals is not None else "no", **loss)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
                          peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     fp32_adapters_without_autocast(trainer.model, args)
@@ -116,9 +115,11 @@ def run(ctx) -> dict:
     ctx.save(trainer, tokenizer)
     if ctx.is_main_process:
         if ctx.spec.get("merge", True) and hasattr(trainer.model, "merge_and_unload"):
-            base = partial(load_causal_lm, ctx.spec["model"], field=ctx.where("model"), training=True)
+            base = partial(load_causal_lm, ctx.spec["model"], field=ctx.where("model"), training=True,
+                           model_kwargs=training.model_kwargs(ctx))
             merged = merge_lora(trainer.model, base)
             restore_shipped_config(merged, ctx.spec["model"])
             merged.save_pretrained(ctx.out_dir / "merged")
             tokenizer.save_pretrained(ctx.out_dir / "merged")
+            ctx.mark_model(ctx.out_dir / "merged")
     return metrics

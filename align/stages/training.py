@@ -3,8 +3,16 @@ LoRA, loading the model to train, the chat template of conversational data, and 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
 from align import models
 from align.errors import AlignError
+from align.refs import StageRef
+
+log = logging.getLogger("align")
 
 MODEL_KEYS = {  # spec keys shared by every stage that trains a model
     "chat_template": "a template TRL ships (llama3, qwen2_5, gemma3, phi3, ...), default (align's User:/Assistant:), "
@@ -17,6 +25,8 @@ MODEL_KEYS = {  # spec keys shared by every stage that trains a model
     "chat_template_kwargs": "template variables for every rendering of a conversation, e.g. {enable_thinking: false} "
                             "(Qwen3); saved with the tokenizer, so later stages inherit them; a dataset's own "
                             "chat_template_kwargs override them row by row",
+    "model_kwargs": "model options, named as TRL's ModelConfig: attn_implementation, trust_remote_code (default "
+                    "false), revision, dtype; for every model the stage loads",
 }
 MERGE_KEY = ("also save the LoRA adapter merged into its full-precision base under merged/ (default false), which "
              "later stages and align export then load; nothing to merge after full fine-tuning")
@@ -51,7 +61,132 @@ def load_for_training(ctx, key: str = "model", *, classifier: bool = False):
     lora = lora_enabled(ctx.spec, classifier=classifier)
     quant = models.quantization_config(ctx.spec.get("quantization"), lora=lora, where=ctx.where("quantization"))
     return models.load_for_training(ctx.spec[key], quantization=quant, classifier=classifier, field=ctx.where(key),
-                                    dtype=ctx.spec.get("dtype"))
+                                    dtype=ctx.spec.get("dtype"), model_kwargs=model_kwargs(ctx))
+
+
+def model_kwargs(ctx) -> dict:
+    """The stage's checked ``model_kwargs:`` (its model options), for every model the stage loads."""
+    value = ctx.spec.get("model_kwargs")
+    problems = model_kwargs_problems(ctx.spec, f"stages.{ctx.name}")
+    if problems:
+        raise AlignError("\n".join(problems))
+    return dict(value or {})
+
+
+def model_kwargs_problems(spec: dict, where: str) -> list[str]:
+    """``model_kwargs:`` against the options align passes on, and against the stage's own ``dtype``;
+    ``args.model_init_kwargs`` is TRL's place for them, which TRL ignores for the model align loads."""
+    problems = models.model_kwargs_problems(spec.get("model_kwargs"), f"{where}.model_kwargs")
+    given = spec.get("model_kwargs") if isinstance(spec.get("model_kwargs"), dict) else {}
+    if spec.get("dtype") is not None and given.get("dtype") not in (None, spec["dtype"]):
+        problems.append(f"{where}.model_kwargs.dtype: {given['dtype']!r} contradicts {where}.dtype "
+                        f"({spec['dtype']!r}); give one of them.")
+    if isinstance(spec.get("args"), dict) and spec["args"].get("model_init_kwargs") is not None:
+        problems.append(f"{where}.args.model_init_kwargs: align loads the model itself, so TRL would ignore these; "
+                        f"put them in {where}.model_kwargs ({', '.join(models.MODEL_KWARGS)}).")
+    return problems
+
+
+# --------------------------------------------------------------------------- whose defaults: align's model or a real one
+
+ALIGN_MODEL_MARKER = "align_model.json"  # in a model folder whose weights align built from scratch (and descendants)
+
+
+def marked_align_model(path) -> str | None:
+    """The marker's ``origin`` if the model folder ``path`` (a stage folder, its ``merged/``, or an adapter's base)
+    descends from a model align pretrained from scratch; None for any other checkpoint or a hub id."""
+    folder = Path(str(path)).expanduser()
+    if not folder.is_dir():
+        return None
+    found = models.model_folder(folder)
+    for candidate in dict.fromkeys(c for c in (folder, found) if c is not None):
+        marker = candidate / ALIGN_MODEL_MARKER
+        if marker.is_file():
+            try:
+                return str(json.loads(marker.read_text()).get("origin", "align"))
+            except (OSError, ValueError):
+                return "align"
+    if found is not None and models.is_adapter(found):
+        try:
+            base = json.loads((found / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            return None
+        return marked_align_model(base) if base and str(base) != str(folder) else None
+    return None
+
+
+def model_origin(recipe, spec: dict, seen: tuple = ()) -> tuple[bool, str]:
+    """(whether the model a stage trains is align's own, from-scratch model; why), following ``${stages.X}``
+    through the recipe: a model built from a preset is align's, so is anything trained from it; a hub id or a
+    folder without align's marker is a real checkpoint."""
+    key = next((k for k in ("model", "policy") if k in spec), None)
+    value = spec.get(key) if key else None
+    if value is None or isinstance(value, dict):
+        return True, "built from scratch by align (model preset)"
+    if isinstance(value, StageRef) and value.stage in recipe.stages and value.stage not in seen:
+        own, why = model_origin(recipe, recipe.stages[value.stage].spec, (*seen, value.stage))
+        return own, f"via stages.{value.stage}, {why}"
+    origin = marked_align_model(value)
+    if origin is not None:
+        return True, f"{value} holds {ALIGN_MODEL_MARKER} ({origin})"
+    return False, f"{value} is a checkpoint align did not pretrain"
+
+
+def mark_align_model(folder, why: str) -> None:
+    """Say in a saved model folder that its weights descend from align's own pretraining (see ``model_origin``)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        (folder / ALIGN_MODEL_MARKER).write_text(json.dumps({"origin": why}) + "\n")
+
+
+# Settings align makes for every model, and why; every other unset field is a model-size choice (below).
+RUN_SETTINGS = ("output_dir", "seed", "report_to", "bf16", "fp16", "use_cpu", "dataloader_num_workers",
+                "save_total_limit")
+MICRO_DEFAULTS = {  # for align's own micro models, in every training stage
+    "activation_checkpointing": False,  # recomputation costs more than it saves on a tiny model
+    "logging_steps": 10,
+    "save_steps": 100,
+}
+ALIASES = {"activation_checkpointing": "gradient_checkpointing"}  # transformers 5's name -> its deprecated alias
+
+
+def library_defaults(config_class) -> dict:
+    """Field -> default of a library config dataclass, as the class declares it."""
+    values = {}
+    for f in dataclasses.fields(config_class):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return values
+
+
+def filled_defaults(config_class, micro: dict, user: dict, own_model: bool) -> dict[str, tuple[object, str]]:
+    """Each model-size field the recipe's ``args:`` leave unset -> (value, where it comes from): align's micro-model
+    default for align's own model, the library config's own default for a real checkpoint."""
+    library = library_defaults(config_class)
+    filled = {}
+    for key, value in {**MICRO_DEFAULTS, **micro}.items():
+        alias = ALIASES.get(key)
+        if key in user or alias in user:  # either name set by the recipe: its value, whichever name it used
+            continue
+        if key not in library:  # a config without the new name (before transformers 5): the old one
+            if alias not in library:
+                continue
+            key = alias
+        shipped = library[key] if library[key] is not None or alias not in library else library[alias]
+        filled[key] = (value, "align's micro-model default") if own_model else \
+            (shipped, f"{config_class.__name__} default")
+    return filled
+
+
+def defaults_summary(name: str, config_class, filled: dict, own_model: bool, why: str) -> str:
+    """One line for the log and ``align validate``: which defaults applied to which model, and their values."""
+    which = "align's micro-model defaults" if own_model else f"{config_class.__name__}'s own defaults"
+    values = ", ".join(f"{k}={v!r}" for k, (v, _) in filled.items()) or "none (args sets them all)"
+    model = "align's own micro model" if own_model else "a real checkpoint"
+    return (f"stages.{name}.args: the model is {model} ({why}), so unset args take {which}: {values}; "
+            f"for every model align sets {', '.join(RUN_SETTINGS)} (save_total_limit=2, precision by device)")
 
 
 def conversation_template(ctx, tokenizer, ds, *, generation_prompt=None):
@@ -96,10 +231,12 @@ def save_merged(ctx, tokenizer) -> None:
         logging.getLogger("align").info("%s: merge: the stage trained every weight, so its folder already is a plain "
                                         "model; nothing to merge", ctx.where("merge"))
         return
-    merged = models.load_causal_lm(ctx.out_dir, field=ctx.where("merge"), training=True, tensor_parallel=False)
+    merged = models.load_causal_lm(ctx.out_dir, field=ctx.where("merge"), training=True, tensor_parallel=False,
+                                   model_kwargs=model_kwargs(ctx))
     models.restore_shipped_config(merged, ctx.out_dir)
     merged.save_pretrained(ctx.out_dir / "merged")
     tokenizer.save_pretrained(ctx.out_dir / "merged")
+    ctx.mark_model(ctx.out_dir / "merged")
 
 
 def model_findings(spec: dict, key: str, path: str, where: str, *, classifier_keys=()) -> tuple[list[str], list[str]]:
@@ -153,6 +290,8 @@ def training_problems(spec: dict, where: str, *, keys, classifier: bool) -> list
 
         checks.append((f"{where}.chat_template", lambda: resolve_chat_template(spec["chat_template"],
                                                                                where=f"{where}.chat_template")))
+    if "model_kwargs" in keys:
+        problems += model_kwargs_problems(spec, where)
     if "context_check" in keys and spec.get("context_check") is not None:
         from align.chat_templates import CONTEXT_CHECK
 

@@ -131,7 +131,7 @@ def test_hub_arguments_and_offline_error(monkeypatch):
 @pytest.mark.parametrize("spec, message", [
     ({"path": "missing.jsonl"}, r"datasets.d: file missing.jsonl does not exist \(relative paths are relative to"),
     ({"path": "nothing-*.jsonl"}, r"datasets.d: no file matches 'nothing-\*.jsonl'"),
-    ({"path": "a.jsonl", "hub": "x"}, r"datasets.d: give exactly one of builtin, path, hub or stage_dir \(found path, hub\)"),
+    ({"path": "a.jsonl", "hub": "x"}, r"datasets.d: give exactly one of builtin, path, hub, stage_dir or mixture \(found path, hub\)"),
     ({"split": "train"}, r"datasets.d: give exactly one of .* \(found none\)"),
     ({"path": "a.jsonl", "limt": 3}, r"datasets.d.limt: unknown dataset key. Did you mean 'limit'\?"),
     ({"path": "a.jsonl", "renmae": {"a": "b"}}, r"datasets.d.renmae: .*Did you mean 'rename'\?"),
@@ -165,7 +165,8 @@ def test_bad_specs(tmp_path, monkeypatch, spec, message):
 
 def test_spec_keys_are_exported_for_the_recipe_validator():
     assert {"builtin", "path", "hub", "stage_dir", "split", "rename", "limit", "shuffle", "seed", "map",
-            "convert", "sample_by", "size", "config", "revision", "on_invalid_rows", "chat_template_kwargs"} == DATASET_SPEC_KEYS
+            "convert", "sample_by", "size", "config", "revision", "on_invalid_rows", "chat_template_kwargs",
+            "mixture"} == DATASET_SPEC_KEYS
 
 
 def test_fingerprint_follows_what_would_be_loaded(tmp_path):
