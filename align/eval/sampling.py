@@ -159,7 +159,7 @@ class VLLMEngine:
                        generation_config="vllm", enforce_eager=_on_cpu(), max_model_len=max_model_len,
                        distributed_executor_backend="external_launcher", logprobs_mode="processed_logprobs",
                        gpu_memory_utilization=GPU_MEMORY_UTILIZATION, enable_prefix_caching=False)
-        self.loaded_version = None
+        self._loaded = None
         self.load(model)
 
     @property
@@ -167,8 +167,14 @@ class VLLMEngine:
         worker = self.llm.llm_engine.model_executor.driver_worker
         return getattr(worker, "worker", worker).model_runner
 
-    def load(self, model, version=None) -> None:
+    def holds(self, model) -> bool:
+        """Whether the weights last loaded are ``model``'s (an inference model's weights do not change)."""
+        return self._loaded is not None and self._loaded() is model
+
+    def load(self, model) -> None:
         """Copy ``model``'s weights into the engine (a peft model's adapters merged for the copy)."""
+        import weakref
+
         import torch
 
         base = _base(model)
@@ -189,7 +195,7 @@ class VLLMEngine:
             finally:
                 if peft:
                     model.unmerge_adapter()
-        self.loaded_version = version
+        self._loaded = weakref.ref(model)
 
     def sample(self, prompt_ids: list[list[int]], *, max_new_tokens: int, stop: list[int], greedy: bool = False,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -229,7 +235,8 @@ def engine_for(model, *, max_model_len: int, seed: int = 0, where: str = "genera
     want = -(-max_model_len // 256) * 256
     want = min(want, limit) if limit else want
     if _ENGINE is not None and _ENGINE.signature == config_signature(model) and _ENGINE.max_model_len >= want:
-        _ENGINE.load(model)
+        if not _ENGINE.holds(model):
+            _ENGINE.load(model)
         return _ENGINE
     shutdown()
     _ENGINE = VLLMEngine(model, max_model_len=want, seed=seed)
@@ -280,13 +287,16 @@ def cut_at_stop(row: list[int], stop: list[int]) -> list[int]:
     return row[:end]
 
 
-def sampler(spec: dict, where: str):
-    """The ``generate`` function of the stage's backend (same signature as ``align.eval.generation.generate``)."""
+def sampler(generation: dict, where: str):
+    """``(generate, decoding)`` for a stage's ``generation:`` options: the ``generate`` function of its backend (the
+    signature of ``align.eval.generation.generate``) and the options without ``backend``, to pass to it."""
     import functools
 
-    from align.eval import generation
+    from align.eval import generation as transformers_backend
 
-    if require_backend(spec, where) == "vllm":
-        return functools.partial(generate, where=f"{where}.generation.backend")
-    return generation.generate
+    backend = require_backend({"generation": generation}, where)
+    decoding = {k: v for k, v in generation.items() if k != "backend"}
+    if backend == "vllm":
+        return functools.partial(generate, where=f"{where}.generation.backend"), decoding
+    return transformers_backend.generate, decoding
 

@@ -24,7 +24,7 @@ KEYS = {
     "judges": "judge names; the first is the primary judge for win rates",
     "prompts": "held-out prompt-only dataset",
     "heldout": "held-out text for perplexity and bits per byte (optional)",
-    "generation": "decoding: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), greedy (false), batch_size (32)",
+    "generation": "decoding: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), greedy (false), batch_size (32); backend: transformers (default) or vllm",
     "limit": "evaluate on the first N prompts only",
     "n_bootstrap": "bootstrap resamples for win-rate intervals (default 2000)",
     "metrics": "extra `evaluate` modules applied to every policy's responses: a bundled name (distinct_n), a local "
@@ -37,7 +37,8 @@ KEYS = {
                      "(default: each policy's own; align's default for a model without one)",
 }
 TYPES = {"limit": int, "n_bootstrap": int, "chat": bool, "reference": str, "length_anchors": bool}
-GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32}
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32,
+                       "backend": "transformers"}
 KL_ESTIMATOR = ("k1: mean over the policy's own samples of sum_t [log pi(a_t|s_t) - log pi_ref(a_t|s_t)] "
                 "(unbiased); kl_k3 is the lower-variance, always non-negative k3 estimator")
 
@@ -104,13 +105,14 @@ def length_anchor(ctx, model, tokenizer, prompts, records, judge, generation, ch
     """A second sample of the policy on every prompt, judged against its first: the same policy on both
     sides, so its true win rate at equal length is 0.5 and any pull of the outcome comes from length.
     These rows let the length-controlled win rate tell the judge's length preference from quality."""
-    from align.eval.generation import generate
+    from align.eval.sampling import sampler
 
+    generate, decoding = sampler(generation, f"stages.{ctx.name}")
     offset = 1_000_003  # other sampling seeds than the first sample's batches
 
     def second(batch_index: int, chunk: list) -> list[dict]:
         responses, sampled = generate(model, tokenizer, chunk, seed=ctx.seed + offset + batch_index, chat=chat,
-                                      return_ids=True, **generation)
+                                      return_ids=True, **decoding)
         return [{"response": r, "tokens": len(ids[1])} for r, ids in zip(responses, sampled)]
 
     again = ctx.map_batches(second, prompts, generation["batch_size"])
@@ -127,10 +129,12 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
 
     Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
     so the records are the same whatever the number of processes."""
-    from align.eval.generation import generate, note_ignored_settings
+    from align.eval.generation import note_ignored_settings
     from align.eval.kl import kl_from_ids
+    from align.eval.sampling import sampler
     from align.models import load_causal_lm
 
+    generate, decoding = sampler(generation, f"stages.{ctx.name}")
     model, tokenizer = load_causal_lm(path), load_policy_tokenizer(ctx, path)
     ref_model, ref_tokenizer = reference
     comparable = same_vocabulary(tokenizer, ref_tokenizer)
@@ -142,7 +146,7 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
 
     def measure(batch_index: int, chunk: list) -> list[dict]:
         responses, sampled = generate(model, tokenizer, chunk, seed=ctx.seed + batch_index, chat=chat,
-                                      return_ids=True, **generation)
+                                      return_ids=True, **decoding)
         scores = {judge_name: judge.score(chunk, responses) for judge_name, judge in judges.items()}
         kl = kl_from_ids(model, ref_model, sampled, pad_id=pad_id) if comparable else None
         return [{"policy": name, "prompt": prompt, "response": response,

@@ -22,7 +22,13 @@ KEYS = {
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false for full fine-tuning",
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
     **MODEL_KEYS,
+    "generation": "backend: transformers (default) or vllm (TRL's use_vllm with vllm_mode colocate: an engine in "
+                  "this process given the policy's weights every step); decoding itself is TRL's args "
+                  "(temperature, max_completion_length ...)",
 }
+GENERATION_DEFAULTS = {"backend": "transformers"}
+# TRL's colocated vLLM (when generation.backend is vllm): no engine subprocess, a share of the GPU for the engine
+VLLM_ARGS = {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
 
 
 def config_class():
@@ -54,7 +60,11 @@ def reward_functions(ctx) -> list:
 def run_online(ctx, trainer_class, config, **defaults) -> dict:
     """Shared by grpo and rloo: same inputs, same judges-as-rewards, different TRL trainer."""
     from align.eval.generation import neutral_generation_config, note_ignored_settings
+    from align.eval.sampling import require_backend
 
+    ctx.options("generation", GENERATION_DEFAULTS)
+    if require_backend(ctx.spec, f"stages.{ctx.name}") == "vllm":
+        defaults = {**VLLM_ARGS, **defaults}
     model, tokenizer = load_for_training(ctx)
     # TRL sets temperature/top_p/top_k/min_p/repetition_penalty; anything else the checkpoint ships (typical_p,
     # suppress_tokens, no_repeat_ngram_size ...) would still apply while sampling: only the recipe's settings count

@@ -36,8 +36,11 @@ KEYS = {
     "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own)",
     "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
+    "generation": "backend: transformers (default) or vllm (a colocated engine given the policy's weights every "
+                  "iteration; sets args.use_vllm); decoding itself is args.max_new_tokens and args.temperature",
 }
 TYPES = {"chat": bool}
+GENERATION_DEFAULTS = {"backend": "transformers"}
 
 
 def check(spec: dict, where: str) -> list[str]:
@@ -64,6 +67,10 @@ def run(ctx) -> dict:
         raise AlignError(f"stages.{ctx.name}: {e}") from None
     for problem in check(ctx.spec, f"stages.{ctx.name}"):
         raise AlignError(problem)
+    from align.eval.sampling import require_backend
+
+    ctx.options("generation", GENERATION_DEFAULTS)
+    vllm = {"use_vllm": True} if require_backend(ctx.spec, f"stages.{ctx.name}") == "vllm" else {}
     model, tokenizer = load_for_training(ctx, "policy")
     chat = bool(ctx.spec.get("chat", True))
     if chat:
@@ -74,17 +81,22 @@ def run(ctx) -> dict:
     # the reward model keeps its own tokenizer and template: it may be of another family than the policy
     reward_model, reward_tokenizer = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward")) \
         if "reward" in ctx.spec else (None, None)
-    args = ctx.config(config_class(), logging_steps=1, save_steps=20)
+    args = ctx.config(config_class(), logging_steps=1, save_steps=20, **vllm)
     value_model = None  # a 4/8-bit policy cannot seed the value model: take the full-precision weights instead
     if is_quantized(model) and (reward_model is None or args.value_model_init == "policy"):
         value_model = load_sequence_classifier(ctx.spec["policy"], field=ctx.where("policy"))[0]
-    trainer = PPOTrainer(model=model, reward_model=reward_model, value_model=value_model,
-                         reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
-                         processing_class=tokenizer, reward_processing_class=reward_tokenizer, chat=chat,
-                         args=args, train_dataset=train, eval_dataset=evals,
-                         peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")),
-                         value_peft_config=lora_config(ctx.spec["value_lora"], ctx.where("value_lora"), task_type="SEQ_CLS")
-                         if ctx.spec.get("value_lora") else None)
+    try:
+        trainer = PPOTrainer(model=model, reward_model=reward_model, value_model=value_model,
+                             reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
+                             processing_class=tokenizer, reward_processing_class=reward_tokenizer, chat=chat,
+                             args=args, train_dataset=train, eval_dataset=evals,
+                             peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")),
+                             value_peft_config=lora_config(ctx.spec["value_lora"], ctx.where("value_lora"), task_type="SEQ_CLS")
+                             if ctx.spec.get("value_lora") else None)
+    except ValueError as e:  # the colocated engine's limits (one process), named by the recipe field
+        if "use_vllm" not in str(e):
+            raise
+        raise AlignError(f"{ctx.where('generation.backend')}: {e}") from None
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
     history = trainer.state.log_history
     train_logs = [h for h in history if "objective/scores" in h]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from align.stages.grpo import DATASET_KEYS, EXPECTED, JUDGE_KEYS, KEYS, REQUIRED, run_online  # noqa: F401
+from align.stages.grpo import (DATASET_KEYS, EXPECTED, GENERATION_DEFAULTS, JUDGE_KEYS, KEYS, REQUIRED,  # noqa: F401
+                               run_online)
 
 
 def config_class():
