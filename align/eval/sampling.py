@@ -16,6 +16,7 @@ vLLM is imported only when a stage asks for it; its engine must start under ``if
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -103,18 +104,40 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def _distributed_env() -> None:
-    """``external_launcher`` reads torch.distributed's variables; a single process gets its own rendezvous."""
-    if "RANK" in os.environ and "MASTER_PORT" in os.environ:
-        return
-    import socket
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
+
+@contextlib.contextmanager
+def launcher_env():
+    """torch.distributed's variables for the engine's start only. ``external_launcher`` reads them (a single process
+    gets its own rendezvous); left behind, LOCAL_RANK would make the next stage's accelerate state believe it was
+    launched distributed. TRL's colocated engine sets them itself: they are restored all the same."""
+    saved = {name: os.environ.get(name) for name in LAUNCH_VARIABLES}
+    if "RANK" not in os.environ or "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(port))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def prepare_colocated_engine() -> None:
+    """What an in-process engine whose weights are replaced needs on a CPU (ours, or TRL's colocated one for
+    GRPO/RLOO): plain linear weights (``_plain_cpu_linear``) and a small KV cache. Nothing on a GPU."""
+    if _on_cpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+        _plain_cpu_linear()
 
 
 def _plain_cpu_linear() -> None:
@@ -150,15 +173,13 @@ class VLLMEngine:
         self.signature, self.max_model_len = config_signature(model), max_model_len
         self._folder = tempfile.TemporaryDirectory(prefix="align-vllm-")
         base.config.save_pretrained(self._folder.name)  # the architecture only: weights come from `load`
-        if _on_cpu():
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
-            _plain_cpu_linear()
-        _distributed_env()
+        prepare_colocated_engine()
         dtype = str(base.dtype).removeprefix("torch.")
-        self.llm = LLM(model=self._folder.name, dtype=dtype, seed=seed, load_format="dummy", skip_tokenizer_init=True,
-                       generation_config="vllm", enforce_eager=_on_cpu(), max_model_len=max_model_len,
-                       distributed_executor_backend="external_launcher", logprobs_mode="processed_logprobs",
-                       gpu_memory_utilization=GPU_MEMORY_UTILIZATION, enable_prefix_caching=False)
+        with launcher_env():
+                self.llm = LLM(model=self._folder.name, dtype=dtype, seed=seed, load_format="dummy", skip_tokenizer_init=True,
+                           generation_config="vllm", enforce_eager=_on_cpu(), max_model_len=max_model_len,
+                           distributed_executor_backend="external_launcher", logprobs_mode="processed_logprobs",
+                           gpu_memory_utilization=GPU_MEMORY_UTILIZATION, enable_prefix_caching=False)
         self._loaded = None
         self.load(model)
 

@@ -63,7 +63,14 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     from align.eval.sampling import require_backend
 
     ctx.options("generation", GENERATION_DEFAULTS)
-    if require_backend(ctx.spec, f"stages.{ctx.name}") == "vllm":
+    import contextlib
+
+    engine_env = contextlib.nullcontext()
+    if require_backend(ctx.spec, f"stages.{ctx.name}") == "vllm" or (ctx.spec.get("args") or {}).get("use_vllm"):
+        from align.eval.sampling import launcher_env, prepare_colocated_engine
+
+        prepare_colocated_engine()  # on a CPU, TRL's load_weights needs vLLM's linear weights left unpacked
+        engine_env = launcher_env()  # TRL sets RANK/LOCAL_RANK/... for its engine: restored once it has started
         defaults = {**VLLM_ARGS, **defaults}
     model, tokenizer = load_for_training(ctx)
     # TRL sets temperature/top_p/top_k/min_p/repetition_penalty; anything else the checkpoint ships (typical_p,
@@ -79,9 +86,10 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     if args.beta == 0:
         print(f"{ctx.name}: beta is 0, so nothing keeps the policy near the SFT model (no KL term).")
     try:
-        trainer = trainer_class(model=model, reward_funcs=reward_functions(ctx), args=args, train_dataset=train,
-                                processing_class=tokenizer,
-                                peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
+        with engine_env:
+            trainer = trainer_class(model=model, reward_funcs=reward_functions(ctx), args=args, train_dataset=train,
+                                    processing_class=tokenizer,
+                                    peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     except ValueError as e:  # batch/generation sizes that do not divide, mostly
         raise AlignError(f"{ctx.where('args')}: {trainer_class.__name__} rejected the settings: {e}") from None
     fp32_adapters_without_autocast(trainer.model, args)

@@ -255,3 +255,43 @@ def test_preferences_and_evaluate_agree_across_backends(tmp_path, tiny_tokenizer
     print("\nevaluate, transformers vs vllm:", {name: (t["eval"]["policies"][name]["scores"],
                                                        v["eval"]["policies"][name]["scores"]) for name in policies},
           "win rate b vs a:", tw["win_rate"], vw["win_rate"])
+
+
+# ------------------------------------------------------------------ GRPO and RLOO: TRL's own colocated engine
+
+def test_grpo_and_rloo_sample_through_trls_colocated_vllm(tmp_path, tiny_tokenizer, monkeypatch):
+    """generation.backend: vllm turns on TRL's use_vllm (vllm_mode colocate); on a CPU it works only with vLLM's
+    linear weights left unpacked (TRL copies the policy in with load_weights), which the stage arranges."""
+    import vllm as vllm_module
+
+    from align.recipe import load_recipe
+    from align.runner import run_recipe
+
+    engines = []
+    real_init = vllm_module.LLM.__init__
+
+    def counting_init(self, *args, **kwargs):  # a spy: the real engine starts, and is counted
+        engines.append(kwargs.get("model"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(vllm_module.LLM, "__init__", counting_init)
+    policy = write_policy(tmp_path / "policy", tiny_tokenizer, 0)
+    online = {"model": policy, "dataset": "prompts", "rewards": ["length"], "generation": {"backend": "vllm"},
+              "lora": {"r": 4, "lora_alpha": 8},
+              "args": {"max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 4,
+                       "max_completion_length": 8, "logging_steps": 1}}
+    recipe = {"name": "online_vllm", "seed": 0, "output_dir": str(tmp_path / "run"),
+              "datasets": {"prompts": {"builtin": "reviews", "split": "prompts", "size": 16}},
+              "judges": {"length": {"function": "align.testing:length_judge"}},
+              "stages": {"grpo": {"kind": "grpo", **online}, "rloo": {"kind": "rloo", **online}}}
+    file = tmp_path / "online.yaml"
+    file.write_text(yaml.safe_dump(recipe))
+    run_recipe(load_recipe(file))
+    assert len(engines) == 2  # one TRL engine per stage
+    state = json.loads((tmp_path / "run" / "grpo" / "trainer_state.json").read_text())
+    gaps = [h["sampling/sampling_logp_difference/mean"] for h in state["log_history"]
+            if "sampling/sampling_logp_difference/mean" in h]
+    assert gaps, state["log_history"]
+    GAPS["TRL GRPO colocate (its engine's own dtype)"] = statistics.fmean(gaps)
+    for stage in ("grpo", "rloo"):
+        assert (tmp_path / "run" / stage / "adapter_config.json").exists()
