@@ -215,6 +215,24 @@ def probe_conversation(row=None) -> list[dict]:
     return list(PROBE)
 
 
+def sampling_context(tokenizer, chat: bool = True) -> dict:
+    """What a policy is sampled after, for the report: the text its template appends to a prompt to open a reply,
+    where that text comes from (the template's own generation prompt, or ``trained``: rewritten by SFT's
+    ``generation_prompt: trained`` to the prompt SFT trained replies after), and the context check's problems."""
+    if not chat or tokenizer.chat_template is None:
+        return {"generation_prompt": None, "source": "raw text (chat: false)" if not chat else "no template",
+                "problems": []}
+    try:
+        before = tokenizer.apply_chat_template([PROBE[0]], tokenize=False)
+        opened = tokenizer.apply_chat_template([PROBE[0]], tokenize=False, add_generation_prompt=True)
+        problems = context_problems(tokenizer)
+    except Exception as e:  # noqa: BLE001 -- a template that cannot render the probe is reported, not fatal
+        return {"generation_prompt": None, "source": f"not rendered ({type(e).__name__})", "problems": []}
+    source = "trained" if "align_generation_prompt" in tokenizer.chat_template else "template"
+    return {"generation_prompt": opened[len(before):] if opened.startswith(before) else opened, "source": source,
+            "problems": problems}
+
+
 CONTEXT_CHECK = ("warn", "error", "off")
 
 

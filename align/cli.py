@@ -1,4 +1,4 @@
-"""The ``align`` command: run | validate | generate | compare. A user mistake prints one paragraph and exits 2;
+"""The ``align`` command: run | validate | generate | compare | export. A user mistake prints one paragraph and exits 2;
 a run stopped by SIGTERM/SIGINT after saving a checkpoint exits 75 (``align.preemption``)."""
 
 from __future__ import annotations
@@ -99,6 +99,17 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from align.export import export_stage
+
+    result = export_stage(args.stage_dir, args.out, merge=args.merge, dtype=args.dtype, push_to_hub=args.push_to_hub,
+                          base_model=args.base_model, private=args.private or None)
+    print(f"align: {args.stage_dir} exported to {result['export_dir']} ({', '.join(result['files'])})")
+    if result.get("pushed_to"):
+        print(f"align: pushed to {result['pushed_to']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -137,14 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="folder for report.md / frontier.png / report.html")
     p.add_argument("--trajectory-judge", help="the judge PPO trained on (e.g. rm): its training trajectory is drawn "
                                               "on that judge's panel")
+    p = sub.add_parser("export", help="write a stage's model as one folder to ship (safetensors, tokenizer, "
+                                      "generation_config, model card); optionally push it to the Hub", parents=[common])
+    p.add_argument("stage_dir", help="a finished stage folder, e.g. runs/quickstart/ppo")
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base: one plain model")
+    p.add_argument("--dtype", help="weights as saved: fp32 (default), bf16, fp16")
+    p.add_argument("--push-to-hub", metavar="ID", help="upload the folder to this Hub model repository (org/name)")
+    p.add_argument("--base-model", metavar="ID", help="without --merge: the Hub id of the adapter's base when the "
+                                                       "stage recorded a local folder")
+    p.add_argument("--private", action="store_true", help="create the Hub repository private")
     return parser
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "generate": cmd_generate, "compare": cmd_compare}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "generate": cmd_generate, "compare": cmd_compare,
+            "export": cmd_export}
 
 
 LIBRARIES = ("bitsandbytes", "transformers", "trl", "peft", "accelerate", "datasets", "evaluate", "torch", "httpx",
-             "urllib3", "filelock", "huggingface_hub")
+             "urllib3", "filelock", "huggingface_hub", "lm_eval")
 
 
 SURFACED = ("is not a prefix",)  # TRL's words when the tokenized prompt is not where prompt+completion diverges

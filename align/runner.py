@@ -17,6 +17,7 @@ from align import preemption
 from align.checkpoints import disk_error
 from align.errors import AlignError
 from align.lock import StageLocks
+from align.model_cards import refresh_run, write_stage_card
 from align.recipe import Recipe
 from align.stages.context import StageContext
 from align.state import (ATTEMPTS, attempt_dir, discard_failed_attempt, fingerprint_parts, plan, prepare_stage_dir,
@@ -131,9 +132,12 @@ def _run_recipe(recipe: Recipe, *, only: list[str] | None, from_stage: str | Non
         state.wait_for_everyone()
         if state.is_main_process:
             write_json_atomic(work / "metrics.json", metrics)
+            tags = {s.kind: stage_kind(s.kind).declared("CARD_TAGS", ()) for s in recipe.stages.values()}
+            write_stage_card(recipe, stage.name, work, tags)  # README.md + lineage.json, before the marker
             write_marker(work, stage, digest, parts, metrics)
             if work != stage.out_dir:
                 swap_in(work, stage.out_dir)
+            refresh_run(recipe)  # the cards of the models this stage evaluated gain its numbers
             echo(f"{header}: finished in {metrics['stage_seconds']} s -> {stage.out_dir}")
         state.wait_for_everyone()
         results[stage.name] = metrics

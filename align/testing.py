@@ -475,9 +475,10 @@ _FAMILIES = [
         # Qwen2 weights, DeepSeek's tokenizer: Qwen's split regex, a BOS added by the post-processor and written again
         # by the template, a template that drops <think>...</think> from replies and opens <think> to sample
         arch={**_SMALL, "num_key_value_heads": 2, "tie_word_embeddings": False, "rms_norm_eps": 1e-6,
-              "use_sliding_window": False, "sliding_window": None,
+              "use_sliding_window": False, "sliding_window": None, "max_window_layers": 21,
               "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
-        config_ids={"bos_token_id": "<｜begin▁of▁sentence｜>", "eos_token_id": "<｜end▁of▁sentence｜>"},
+        # config.json names the tokenizer's EOS (151643) as bos_token_id too; generation_config.json has the real BOS
+        config_ids={"bos_token_id": "<｜end▁of▁sentence｜>", "eos_token_id": "<｜end▁of▁sentence｜>"},
         style="qwen_bos", tokenizer_class="LlamaTokenizerFast",
         bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜end▁of▁sentence｜>", unk=None, add_bos=True,
         dtype="bfloat16",

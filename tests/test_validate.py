@@ -94,7 +94,7 @@ def test_quickstart_passes_quickly(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
-    assert "valid recipe 'quickstart' with 9 stages" in proc.stdout
+    assert "valid recipe 'quickstart' with 10 stages" in proc.stdout
     assert "judges.gold: align.data.builtin:gold_judge gave one number per response" in proc.stdout
     assert "stages.reward.dataset (preferences): made by stage preferences during the run" in proc.stdout
     assert "align: error" not in proc.stderr

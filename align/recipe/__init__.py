@@ -19,7 +19,7 @@ import yaml
 from align.errors import AlignError, suggest
 from align.refs import REF_PATTERN, UNQUOTED_REF, StageRef, plain
 
-TOP_LEVEL_KEYS = {"name", "description", "seed", "output_dir", "datasets", "judges", "stages"}
+TOP_LEVEL_KEYS = {"name", "description", "seed", "output_dir", "datasets", "judges", "stages", "tracking"}
 STAGE_COMMON_KEYS = {"kind", "args"}
 
 
@@ -118,6 +118,7 @@ class Recipe:
     source: Path | None = None
     raw: dict = field(default_factory=dict)
     variant: str | None = None  # e.g. "seed-1" for one run of a seed sweep
+    tracking: dict = field(default_factory=dict)  # ``tracking:`` (align.tracking): trackers every stage logs to
 
     def stage_names(self) -> list[str]:
         return list(self.stages)
@@ -265,7 +266,10 @@ def build_recipe(raw: dict) -> Recipe:
                              kind.judge_names(resolved))
     datasets = {n: resolve_refs(s, f"datasets.{n}", stages, output_dir, []) for n, s in datasets.items()}
     judges = {n: resolve_refs(s, f"judges.{n}", stages, output_dir, []) for n, s in judges.items()}
-    return Recipe(str(raw["name"]), seed, output_dir, datasets, judges, stages, raw=raw)
+    from align.tracking import check as check_tracking
+
+    return Recipe(str(raw["name"]), seed, output_dir, datasets, judges, stages, raw=raw,
+                  tracking=check_tracking(raw.get("tracking")))
 
 
 def check_top_level(raw: dict, allowed: set) -> None:

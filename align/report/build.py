@@ -30,7 +30,28 @@ def context_text(evaluation: Evaluation) -> str:
     m = evaluation.metrics
     decoding = ", ".join(f"{k}={v}" for k, v in (m.get("decoding") or {}).items()) or "not recorded"
     return (f"Evaluate stage: {evaluation.eval_dir}. {m.get('n_prompts', '?')} held-out prompts, the same for every "
-            f"policy; decoding: {decoding}. Reference policy: {m['reference']}; primary judge: {m['primary_judge']}.")
+            f"policy; decoding: {decoding}. Reference policy: {m['reference']}; primary judge: {m['primary_judge']}."
+            + sampling_text(evaluation.policies))
+
+
+def sampling_text(policies: list[Policy]) -> str:
+    """Which prompt each policy was sampled after, and whether that is the context it was trained in."""
+    groups: dict[tuple, list[str]] = {}
+    for p in policies:
+        c = p.metrics.get("context")
+        if c:
+            groups.setdefault((c.get("generation_prompt"), c.get("source"), bool(c.get("problems"))), []).append(p.name)
+    if not groups:
+        return ""
+    source_words = {"template": "the chat template's generation prompt",
+                    "trained": "the prompt SFT trained replies after (generation_prompt: trained)"}
+    parts = []
+    for (opener, source, differs), names in groups.items():
+        what = f"{opener!r}, {source_words.get(source, source)}" if opener is not None else source
+        check = ("; NOT the context it was trained in (see the evaluate stage's log)" if differs
+                 else "; the context SFT, DPO and the reward model trained in")
+        parts.append(f"{', '.join(names)} after {what}{check}")
+    return " Sampled after the prompt plus: " + "; ".join(parts) + "."
 
 
 def results_blocks(policies: list[Policy], judges: list[str], metrics: dict) -> list:
@@ -43,6 +64,19 @@ def results_blocks(policies: list[Policy], judges: list[str], metrics: dict) -> 
     if notes:
         blocks.append(Text("KL not computed — " + "; ".join(notes)))
     return blocks
+
+
+def benchmark_table(policies: list[Policy]) -> tuple[list[str], list[list[str]]] | None:
+    """Policies x benchmark metrics (``task/metric``), value ± stderr where the harness gave one."""
+    names = sorted({k for p in policies for k in (p.metrics.get("benchmarks") or {}) if not k.endswith("_stderr")})
+    if not names:
+        return None
+    def cell(values: dict, key: str) -> str:
+        if values.get(key) is None:
+            return ""
+        err = values.get(f"{key}_stderr")
+        return f"{values[key]:.3f}" + (f" ± {err:.3f}" if isinstance(err, (int, float)) else "")
+    return ["policy", *names], [[p.name, *(cell(p.metrics.get("benchmarks") or {}, n) for n in names)] for p in policies]
 
 
 def figure_blocks(policies: list[Policy], judges: list[str], reference: str, out_dir: Path, title: str,
@@ -60,9 +94,10 @@ def figure_blocks(policies: list[Policy], judges: list[str], reference: str, out
 
 
 def build_report(source: Evaluation | str | Path, out_dir: str | Path, *, title: str | None = None,
-                 samples: int = 5) -> dict:
+                 samples: int = 5, shipping: list[str] | None = None) -> dict:
     """Write report.md, report.html and the PNGs for an evaluate stage (its folder, or loaded with
-    ``load_evaluation`` and its PPO policies' ``trained_on`` set so their trajectories join that judge's panel)."""
+    ``load_evaluation`` and its PPO policies' ``trained_on`` set so their trajectories join that judge's panel).
+    ``shipping``: lines on where the run was tracked and where its models were exported."""
     evaluation = source if isinstance(source, Evaluation) else load_evaluation(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,9 +109,16 @@ def build_report(source: Evaluation | str | Path, out_dir: str | Path, *, title:
         blocks += [Heading("Verdict: PPO vs DPO"), Text(decided["sentence"]), Table(*verdict_table(decided)),
                    Text(METHOD_NOTE)]
     blocks += [Heading("Results"), *results_blocks(policies, judges, m)]
+    bench = benchmark_table(policies)
+    if bench:
+        blocks += [Heading("Benchmarks", 3), Table(*bench),
+                   Text("lm-evaluation-harness tasks on every policy (the evaluate stage's benchmarks:), accuracy with its "
+                        "standard error: what alignment cost or gained in capability.")]
     pairwise = pairwise_table(m.get("pairwise"))
     if pairwise:
         blocks += [Heading(f"Pairwise win rates ({m['pairwise'].get('judge', m['primary_judge'])} judge)", 3), Table(*pairwise)]
+    if shipping:
+        blocks += [Heading("Tracking and export", 3), *(Text(line) for line in shipping)]
     blocks += figure_blocks(policies, judges, m["reference"], out_dir, title,
                             frontiers=(decided or {}).get("frontiers"))
     curves = plots.training_curves(evaluation.curves, out_dir / "training_curves.png")

@@ -7,6 +7,7 @@ A stage module declares, at module level:
 - ``TYPES``: keys it converts with int()/float()/bool()/str(), and to what; ``GENERATION_DEFAULTS`` for a
   ``generation:`` mapping (a ``backend`` key there: the stage samples with ``transformers`` or ``vllm``,
   ``align.eval.sampling``); ``CLASSIFIER`` when it trains a sequence classifier (LoRA only when given);
+  ``CARD_TAGS``: tags its outputs' model cards carry beside ``align`` and the kind (``align.model_cards``);
 - ``config_class()``: the library config its ``args:`` fill (absent: it takes no args);
 - ``run(ctx) -> metrics``;
 - optionally ``check(spec, where) -> list[str]``: its own rules, which its ``run`` enforces too;
@@ -38,6 +39,7 @@ STAGE_KINDS = {
     "evaluate": "align.stages.evaluate",
     "report": "align.stages.report",
     "ppo": "align.stages.ppo",
+    "export": "align.stages.export",
 }
 MODEL_REFS = {"model": "model", "policy": "model", "reward": "model", "tokenizer": "tokenizer"}  # key -> what it names
 

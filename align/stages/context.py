@@ -49,6 +49,13 @@ class StageContext:
     def is_main_process(self) -> bool:
         return self.state.is_main_process
 
+    @property
+    def tracking(self):
+        """The recipe's trackers (``align.tracking.Tracking``; false when it has none)."""
+        from align.tracking import Tracking
+
+        return Tracking(self.recipe)
+
     def where(self, key: str) -> str:
         return f"stages.{self.name}.{key}"
 
@@ -93,6 +100,8 @@ class StageContext:
             "use_cpu": not torch.cuda.is_available(),
             "dataloader_num_workers": 0,
         }
+        if self.tracking and "report_to" not in user:  # the recipe's trackers, unless args.report_to says otherwise
+            common.update(self.tracking.trainer_args(self.name))
         base = {k: v for k, v in {**common, **defaults}.items() if k in fields}
         try:
             return config_class(**{**base, **user})
@@ -159,6 +168,9 @@ class StageContext:
 
         if trainer is not None:
             trainer.add_callback(preemption.checkpoint_callback(self.name))
+            if self.tracking and "report_to" not in (self.spec.get("args") or {}):
+                for callback in self.tracking.callbacks(self.name):
+                    trainer.add_callback(callback)
         if not self.out_dir.exists():
             return None
         checkpoint = last_complete(self.out_dir) if self.is_main_process else None  # the main process sets aside

@@ -14,15 +14,18 @@ REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
 EXPECTED = {"dataset": ("preference", "implicit_preference"),  # format per dataset key
             "eval_dataset": ("preference", "implicit_preference")}
+CARD_TAGS = ("trl", "dpo")  # model card tags beside align and the kind
 KEYS = {
     "model": "the starting policy, normally ${stages.sft}",
     "dataset": "preference pairs (prompt/chosen/rejected, standard or conversational)",
     "eval_dataset": "held-out pairs (optional)",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
+    "merge": training.MERGE_KEY,
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA; the reference "
                     "is the quantised base with the adapter disabled); needs lora",
     **MODEL_KEYS,
 }
+TYPES = {"merge": bool}
 
 
 # what align validate says of its model: the context check
@@ -59,4 +62,5 @@ def run(ctx) -> dict:
     if evals is not None:
         metrics.update(trainer.evaluate())
     ctx.save(trainer, tokenizer)
+    training.save_merged(ctx, tokenizer)
     return metrics

@@ -29,6 +29,9 @@ KEYS = {
     "n_bootstrap": "bootstrap resamples for win-rate intervals (default 2000)",
     "metrics": "extra `evaluate` modules applied to every policy's responses: a bundled name (distinct_n), a local "
                "module folder or file, or a hub id (online); or {module: ..., args: {...}} for compute() arguments",
+    "benchmarks": "lm-evaluation-harness tasks run on every policy: a list of task names, or {tasks: [...], "
+                  "include_path: a folder of task YAMLs, limit, num_fewshot, batch_size, apply_chat_template}; results "
+                  "in metrics.json, the report and the trackers (pip install -e \".[eval]\")",
     "length_anchors": "sample every policy a second time and judge it against itself (default true): the rows that "
                       "identify the length-controlled win rate's length slope (AlpacaEval's gamed-baseline rows)",
     "chat": "render prompts with each policy's chat template (default true); false continues them as raw text",
@@ -57,11 +60,19 @@ def policies_and_reference(spec: dict, where: str) -> tuple[dict, str]:
 
 
 def check(spec: dict, where: str) -> list[str]:
+    from align.eval.benchmarks import options
+
+    problems = []
     try:
         policies_and_reference(spec, where)
     except AlignError as e:
-        return [str(e)]
-    return []
+        problems.append(str(e))
+    if spec.get("benchmarks") is not None:
+        try:
+            options(spec["benchmarks"], f"{where}.benchmarks")
+        except AlignError as e:
+            problems.append(str(e))
+    return problems
 
 
 def model_refs(spec: dict) -> dict:
@@ -129,6 +140,7 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
 
     Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
     so the records are the same whatever the number of processes."""
+    from align.chat_templates import sampling_context
     from align.eval.generation import note_ignored_settings
     from align.eval.kl import kl_from_ids
     from align.eval.sampling import sampler
@@ -140,6 +152,7 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
     comparable = same_vocabulary(tokenizer, ref_tokenizer)
     extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
     chat = bool(ctx.spec.get("chat", True))
+    extra["context"] = sampling_context(tokenizer, chat)
     if ctx.is_main_process:
         note_ignored_settings(model, f"{ctx.where('policies')}.{name}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -220,6 +233,29 @@ def summarise(records: list[dict], judge_names: list[str]) -> dict:
     }
 
 
+def evaluation_table(metrics: dict) -> tuple[list[str], list[list]]:
+    """One row per policy: each judge's mean score, the win rate and its interval, KL, perplexity, benchmarks."""
+    policies = metrics["policies"]
+    judges = list(next(iter(policies.values()))["scores"])
+    benchmarks = sorted({k for m in policies.values() for k in (m.get("benchmarks") or {})})
+    columns = ["policy", *judges, "win_rate", "ci_low", "ci_high", "kl", "perplexity", "bits_per_byte", *benchmarks]
+    rows = [[name, *(m["scores"][j] for j in judges), m["win_rate"]["win_rate"], m["win_rate"].get("ci_low"),
+             m["win_rate"].get("ci_high"), m.get("kl"), m.get("perplexity"), m.get("bits_per_byte"),
+             *((m.get("benchmarks") or {}).get(b) for b in benchmarks)] for name, m in policies.items()]
+    return columns, [["" if v is None else v for v in row] for row in rows]
+
+
+def log_to_trackers(ctx, metrics: dict) -> None:
+    """The evaluation table (and each number as a scalar, ``<stage>/<policy>/<column>``) to the recipe's trackers."""
+    from align.tracking import flat_scalars
+
+    columns, rows = evaluation_table(metrics)
+    scalars = {}
+    for row in rows:
+        scalars.update(flat_scalars(f"{ctx.name}/{row[0]}", dict(zip(columns[1:], row[1:]))))
+    ctx.tracking.log_summary(ctx.name, scalars, {f"{ctx.name}/table": (columns, rows)})
+
+
 def run(ctx) -> dict:
     from align.eval.judge_factory import build_judge
     from align.models import load_causal_lm
@@ -259,6 +295,13 @@ def run(ctx) -> dict:
         return judge.compare([r["prompt"] for r in by_policy[a]], [r["response"] for r in by_policy[a]],
                              [r["response"] for r in by_policy[b]])
 
+    if ctx.spec.get("benchmarks") is not None and ctx.is_main_process:
+        from align.eval.benchmarks import options, run_benchmarks
+
+        bench = options(ctx.spec["benchmarks"], ctx.where("benchmarks"))
+        for name, path in policies.items():
+            print(f"{ctx.name}: {name}: lm-eval {', '.join(bench['tasks'])}")
+            results[name]["benchmarks"] = run_benchmarks(path, bench, where=ctx.where("benchmarks"), seed=ctx.seed)
     names = list(policies)
     # each unordered pair judged once (an LLM judge already asks both orders); b vs a is 1 - (a vs b)
     judged = {(a, b): outcomes(a, b) for i, a in enumerate(names) for b in names[i + 1:]}
@@ -277,6 +320,8 @@ def run(ctx) -> dict:
                "judge_stats": {n: j.metrics() for n, j in judges.items() if callable(getattr(j, "metrics", None))},
                "pairwise": {"judge": primary, "policies": names, "win_rate": pairwise,
                             "outcomes": {f"{a} vs {b}": judged[a, b] for i, a in enumerate(names) for b in names[i + 1:]}}}
+    if ctx.is_main_process and ctx.tracking:
+        log_to_trackers(ctx, metrics)
     if ctx.is_main_process:
         with open(ctx.out_dir / "samples.jsonl", "w") as f:
             for r in records:

@@ -9,23 +9,27 @@ from __future__ import annotations
 
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast
+from align.stages import training
 from align.stages.training import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
 
 REQUIRED = ("model", "dataset", "rewards")
 DATASET_KEYS = ("dataset",)
 EXPECTED = {"dataset": "prompt_only"}  # format per dataset key
 JUDGE_KEYS = ("rewards",)
+CARD_TAGS = ("trl", "grpo")  # model card tags beside align and the kind
 KEYS = {
     "model": "the starting policy, normally ${stages.sft}",
     "dataset": "prompt-only data (prompt column, standard or conversational)",
     "rewards": "judge names from the recipe's judges (reward model, function); summed, weighted by args.reward_weights",
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false for full fine-tuning",
+    "merge": training.MERGE_KEY,
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
     **MODEL_KEYS,
     "generation": "backend: transformers (default) or vllm (TRL's use_vllm with vllm_mode colocate: an engine in "
                   "this process given the policy's weights every step); decoding itself is TRL's args "
                   "(temperature, max_completion_length ...)",
 }
+TYPES = {"merge": bool}
 GENERATION_DEFAULTS = {"backend": "transformers"}
 # TRL's colocated vLLM (when generation.backend is vllm): no engine subprocess, a share of the GPU for the engine
 VLLM_ARGS = {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
@@ -100,6 +104,7 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
                "kl_last": logs[-1].get("kl") if logs else None}
     model.generation_config = shipped  # saved as the checkpoint had it
     ctx.save(trainer, tokenizer)
+    training.save_merged(ctx, tokenizer)
     return metrics
 
 

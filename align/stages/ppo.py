@@ -21,6 +21,7 @@ REQUIRED = ("policy", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
 EXPECTED = {"dataset": "prompt_only", "eval_dataset": "prompt_only"}  # format per dataset key
 JUDGE_KEYS = ("rewards",)
+CARD_TAGS = ("ppo", "rlhf")  # model card tags beside align and the kind
 KEYS = {
     "policy": "the starting policy, normally ${stages.sft}",
     "reward": "a reward model: ${stages.reward} (the value model starts from it)",
@@ -30,6 +31,7 @@ KEYS = {
     "lora": f"LoraConfig fields (default {DEFAULT_LORA}); false trains all weights against a frozen copy",
     "value_lora": "LoraConfig fields or true (the lora defaults): the critic as a LoRA adapter plus a trainable "
                   "value head; on the reward model's own weights, which then serve both (default: a full critic)",
+    "merge": training.MERGE_KEY,
     "quantization": "4bit or 8bit: QLoRA policy (base in 4/8 bit, LoRA trained; reference = adapter disabled); "
                     "needs lora; the value model stays full precision and fully trained",
     "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
@@ -39,14 +41,20 @@ KEYS = {
     "generation": "backend: transformers (default) or vllm (a colocated engine given the policy's weights every "
                   "iteration; sets args.use_vllm); decoding itself is args.max_new_tokens and args.temperature",
 }
-TYPES = {"chat": bool}
+TYPES = {"chat": bool, "merge": bool}
 GENERATION_DEFAULTS = {"backend": "transformers"}
 
 
 def check(spec: dict, where: str) -> list[str]:
+    problems = []
     if "reward" not in spec and "rewards" not in spec:
-        return [f"{where}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names]."]
-    return []
+        problems.append(f"{where}: PPO needs a reward: give reward: ${{stages.reward}} and/or rewards: [judge names].")
+    if isinstance(spec.get("args"), dict) and spec["args"].get("push_to_hub"):
+        problems.append(f"{where}.args.push_to_hub: the ppo stage does not push while it trains (align's PPOTrainer "
+                        f"has no Hub upload). Push the finished stage with its model card: `align export "
+                        f"<output_dir>/<this stage> OUT --push-to-hub ID` (--merge for a plain model), or an export "
+                        f"stage ({{kind: export, model: ${{stages.<this stage>}}, push_to_hub: ID}}).")
+    return problems
 
 
 # what align validate says of its model: the context check, and the scalar head a reward/value model may need
@@ -114,4 +122,5 @@ def run(ctx) -> dict:
     if ctx.is_main_process:
         tokenizer.save_pretrained(ctx.out_dir)
         trainer.save_state()
+    training.save_merged(ctx, tokenizer)
     return metrics

@@ -17,6 +17,7 @@ from align.models import build_model, count_parameters, load_causal_lm, load_tok
 REQUIRED = ("tokenizer", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
 EXPECTED = {"dataset": "language_modeling", "eval_dataset": "language_modeling"}  # format per dataset key
+CARD_TAGS = ("pretraining",)  # model card tags beside align and the kind
 KEYS = {
     "tokenizer": "${stages.tokenizer}, a tokenizer folder or a hub id",
     "model": "{preset: llama-tiny} plus any LlamaConfig field, or an existing model to continue pretraining",

@@ -6,6 +6,8 @@ that scores with the reward PPO was trained on, found in the recipe (or given as
 
 from __future__ import annotations
 
+from pathlib import Path
+
 REQUIRED = ("eval",)
 KEYS = {
     "eval": "${stages.eval}: the evaluate stage to report on",
@@ -35,4 +37,27 @@ def run(ctx) -> dict:
     for p in evaluation.policies:
         if p.kind == "ppo":
             p.trained_on = ctx.spec.get("trajectory_judge") or trained_on(ctx.recipe, p.metrics.get("path"))
-    return build_report(evaluation, ctx.out_dir, title=ctx.spec.get("title"), samples=int(ctx.spec.get("samples", 5)))
+    result = build_report(evaluation, ctx.out_dir, title=ctx.spec.get("title"), samples=int(ctx.spec.get("samples", 5)),
+                          shipping=shipping_lines(ctx))
+    if ctx.tracking:
+        ctx.tracking.log_summary(ctx.name, {}, images={f"{ctx.name}/{Path(f).stem}": f for f in result["figures"]})
+    return result
+
+
+def shipping_lines(ctx) -> list[str]:
+    """Where this run was tracked and where its models were exported (finished export stages of the recipe)."""
+    import json
+
+    tracking = ctx.tracking
+    lines = [f"Tracking: {tracking.describe()}." if tracking else
+             "Tracking: off (add `tracking: {report_to: [trackio, tensorboard]}` to the recipe to log every stage, the "
+             "evaluation table and these figures; `pip install -e \".[trackers]\"`)."]
+    for stage in ctx.recipe.stages.values():
+        metrics_file = stage.out_dir / "metrics.json"
+        exported = json.loads(metrics_file.read_text()).get("export_dir") if metrics_file.is_file() else None
+        if exported:
+            lines.append(f"Exported model ({stage.name}): `{exported}` (loads with `AutoModelForCausalLM.from_pretrained`; "
+                         f"model card in its README.md).")
+    if len(lines) == 1:
+        lines.append("Export: `align export <run>/<stage> OUT --merge` writes one plain model folder with its card.")
+    return lines

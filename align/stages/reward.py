@@ -15,6 +15,7 @@ from align.stages import training
 
 REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
+CARD_TAGS = ("trl", "reward-model")  # model card tags beside align and the kind
 KEYS = {
     "model": "initial weights: ${stages.sft} (LoRA merged), a model folder or a hub id",
     "dataset": "preference pairs (prompt/chosen/rejected or implicit chosen/rejected)",

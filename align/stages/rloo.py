@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from align.stages.grpo import (DATASET_KEYS, EXPECTED, GENERATION_DEFAULTS, JUDGE_KEYS, KEYS, REQUIRED,  # noqa: F401
-                               run_online)
+                               TYPES, run_online)
+
+
+CARD_TAGS = ("trl", "rloo")  # model card tags beside align and the kind
 
 
 def config_class():

@@ -18,6 +18,7 @@ REQUIRED = ("model", "dataset")
 DATASET_KEYS = ("dataset", "eval_dataset")
 EXPECTED = {"dataset": ("conversational", "prompt_completion"),  # format per dataset key
             "eval_dataset": ("conversational", "prompt_completion")}
+CARD_TAGS = ("trl", "sft")  # model card tags beside align and the kind
 KEYS = {
     "model": "the model to fine-tune: ${stages.pretrain}, a model folder or a hub id",
     "dataset": "conversations (messages) or prompt-completion pairs",

@@ -15,6 +15,8 @@ MODEL_KEYS = {  # spec keys shared by every stage that trains a model
     "dtype": "weights while training: float32 (default: master weights, bf16 autocast where the GPU has it), "
              "bfloat16, float16 or auto (the checkpoint's)",
 }
+MERGE_KEY = ("also save the LoRA adapter merged into its full-precision base under merged/ (default false), which "
+             "later stages and align export then load; nothing to merge after full fine-tuning")
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 LORA_ALIASES = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
                 "target": "target_modules", "modules": "target_modules"}  # names other libraries use
@@ -60,6 +62,23 @@ def conversation_template(ctx, tokenizer, ds, *, generation_prompt=None) -> None
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
                               context_check=ctx.spec.get("context_check"), row=ds[0],
                               generation_prompt=generation_prompt)
+
+
+def save_merged(ctx, tokenizer) -> None:
+    """``merge: true``: ``<stage>/merged/``, the saved adapter merged into its base reloaded in full precision (after
+    QLoRA too: never a 4/8-bit model), with the config the base shipped. Main process only, after the stage saved."""
+    import logging
+
+    if not ctx.spec.get("merge") or not ctx.is_main_process:
+        return
+    if not models.is_adapter(ctx.out_dir):
+        logging.getLogger("align").info("%s: merge: the stage trained every weight, so its folder already is a plain "
+                                        "model; nothing to merge", ctx.where("merge"))
+        return
+    merged = models.load_causal_lm(ctx.out_dir, field=ctx.where("merge"), training=True, tensor_parallel=False)
+    models.restore_shipped_config(merged, ctx.out_dir)
+    merged.save_pretrained(ctx.out_dir / "merged")
+    tokenizer.save_pretrained(ctx.out_dir / "merged")
 
 
 def model_findings(spec: dict, key: str, path: str, where: str, *, classifier_keys=()) -> tuple[list[str], list[str]]:

@@ -29,7 +29,8 @@ def ultrafeedback_rows(n: int) -> list[dict]:
     return out
 
 
-def test_hub_recipe_on_replicas(hub_replica, tmp_path):
+def test_hub_recipe_on_replicas(hub_replica, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the local lm-eval task names its data file from the repository's root
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text("".join(json.dumps(r) + "\n" for r in ultrafeedback_rows(24)))
     recipe = str(REPO / "recipes" / "hub.yaml")
@@ -48,6 +49,9 @@ def test_hub_recipe_on_replicas(hub_replica, tmp_path):
         "per_device_train_batch_size: 4, max_new_tokens: 8, eval_steps: 1, eval_prompts: 4, save_steps: 100}",
         "stages.eval.generation={max_new_tokens: 8, batch_size: 8}",
         "stages.eval.n_bootstrap=50",
+        # trackio would write into the user's $HF_HOME from this process: tensorboard's files land in the run folder
+        "tracking.report_to=[tensorboard]",
+        "stages.eval.benchmarks={tasks: [review_mc], include_path: examples/lm_eval_tasks, limit: 4}",
     ]
     args = [arg for s in sets for arg in ("--set", s)] + ["--output-dir", str(tmp_path / "run")]
     assert main(["validate", recipe, *args]) == 0
@@ -63,3 +67,13 @@ def test_hub_recipe_on_replicas(hub_replica, tmp_path):
     saved = json.loads((tmp_path / "run" / "dpo" / "tokenizer_config.json").read_text())
     template = saved.get("chat_template") or (tmp_path / "run" / "dpo" / "chat_template.jinja").read_text()
     assert "SmolLM" in template
+    # shipped: the stages logged to tensorboard, lm-eval ran on every policy, the DPO policy exported with its card
+    assert {p.name for p in (tmp_path / "run" / "tensorboard" / "hub").iterdir()} >= {"sft", "reward", "ppo", "dpo", "eval"}
+    assert all("review_mc/acc" in metrics["policies"][name]["benchmarks"] for name in ("sft", "ppo", "dpo"))
+    assert (tmp_path / "run" / "ppo" / "merged" / "model.safetensors").exists()  # merge: true on the ppo stage
+    export = tmp_path / "run" / "export"
+    assert json.loads((export / "config.json").read_text())["dtype"] == "bfloat16"
+    card = (export / "README.md").read_text()
+    assert "tags:" in card and "- dpo" in card and "trl-lib/Capybara" not in card  # the data came from local files
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert f"Exported model (export): `{export}`" in report and "tensorboard" in report

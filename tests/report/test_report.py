@@ -150,7 +150,7 @@ def test_report_stage_puts_the_trajectory_on_the_judge_ppo_trained_on(tmp_path):
     assert stage.trained_on(recipe, str(run / "ppo")) == "rm"
     assert stage.trained_on(recipe, str(run / "dpo")) is None
     ctx = SimpleNamespace(spec={"eval": StageRef(str(run / "eval"), "eval"), "samples": 2}, recipe=recipe,
-                          out_dir=run / "report", is_main_process=True)
+                          out_dir=run / "report", is_main_process=True, tracking=None)
     result = stage.run(ctx)
     assert Path(result["report_html"]).is_file() and len(result["figures"]) == 3
     assert "### Prompt 2" in Path(result["report_md"]).read_text()
@@ -185,3 +185,18 @@ def test_compare_without_an_evaluate_stage_says_so(tmp_path):
     write_stage(run, "sft", "sft", log_history=[{"step": 1, "loss": 1.0}])
     with pytest.raises(AlignError, match="no finished evaluate stage"):
         compare_runs([str(run)], str(tmp_path / "out"))
+
+
+def test_report_says_what_each_policy_was_sampled_after(tmp_path):
+    run = make_run(tmp_path)
+    path = run / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    one = {"generation_prompt": "<｜Assistant｜>", "source": "trained", "problems": []}
+    metrics["policies"]["sft"]["context"] = metrics["policies"]["dpo"]["context"] = one
+    metrics["policies"]["ppo"]["context"] = {"generation_prompt": "<｜Assistant｜><think>\n", "source": "template",
+                                             "problems": ["the policy is sampled after a context it is not trained in"]}
+    path.write_text(json.dumps(metrics))
+    md = Path(build_report(run / "eval", tmp_path / "report")["report_md"]).read_text()
+    assert ("sft, dpo after '<｜Assistant｜>', the prompt SFT trained replies after (generation_prompt: trained); "
+            "the context SFT, DPO and the reward model trained in") in md
+    assert "ppo after '<｜Assistant｜><think>\\n', the chat template's generation prompt; NOT the context" in md

@@ -56,6 +56,10 @@ def test_extra_metrics_and_evaluate_modules(tiny_model_dir, tmp_path, monkeypatc
     assert any(p.endswith("win_rate") for p in loaded) and any(p.endswith("distinct_n") for p in loaded)
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "distinct_n/distinct_2" in report and "short_share/short_share" in report
+    # what each policy was sampled after, from its own template (align's tokenizer opens replies with <|assistant|>)
+    assert metrics["policies"]["a"]["context"] == {"generation_prompt": "<|assistant|>", "source": "template",
+                                                    "problems": []}
+    assert "a, b after '<|assistant|>', the chat template's generation prompt" in report
 
 
 def test_a_bad_metric_fails_before_sampling(tiny_model_dir, tmp_path):
