@@ -8,7 +8,7 @@ PYTHON ?= python3
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAS_CUDA),torch,torch==2.13.0)
 
-.PHONY: install quickstart test vllm-env test-vllm
+.PHONY: install quickstart test vllm-env test-vllm gpu-wheels gpu-check gpu-check-dry-run
 
 $(VENV)/.align-installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,14 @@ vllm-env: $(VLLM_VENV)/.vllm-installed
 
 test-vllm: vllm-env
 	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/vllm
+
+# GPU acceptance check (benchmarks/README.md): `make gpu-wheels` here downloads what a GPU machine without network
+# lacks into benchmarks/wheels (git-ignored; carry it); `make gpu-check` there installs them and runs every check.
+gpu-wheels: install
+	$(VENV)/bin/python benchmarks/gpu_wheels.py --dest benchmarks/wheels
+
+gpu-check:
+	bash benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-dry-run: install
+	PYTHON=$(VENV)/bin/python bash benchmarks/gpu_check.sh --dry-run $(GPU_CHECK_ARGS)

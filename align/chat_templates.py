@@ -1,6 +1,11 @@
 """Chat templates: the recipe's choice (``chat_template:``), a default for models without one, and the
 template SFT's assistant-only loss needs.
 
+Every prompt and conversation align renders goes through ``render``: the tokenizer's template with the stage's
+``chat_template_kwargs`` (e.g. Qwen3's ``enable_thinking: false``), which are kept on the tokenizer and saved with
+it, and a dataset row's own ``tools`` and ``chat_template_kwargs`` columns (TRL's per-row convention), so that
+sampling, scoring, the context check and TRL's trainers all see the same text.
+
 Hub checkpoints bring their own templates; base models (GPT-2, OPT, most pretrained checkpoints) have none.
 ``chat_template:`` on a stage names a template TRL ships (``llama3``, ``qwen2_5``, ``gemma3``, ``phi3`` ...),
 ``default`` (align's, below) or a ``.jinja`` file. A model without a template that meets a conversation gets
@@ -32,6 +37,60 @@ DEFAULT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{ 'Assistant:' }}{%- endif %}"
 )
+
+
+KWARGS_KEY = "chat_template_kwargs"  # in tokenizer.init_kwargs: saved in tokenizer_config.json, so later stages inherit it
+
+
+def template_kwargs(tokenizer) -> dict:
+    """The keyword arguments every rendering with this tokenizer gets (``chat_template_kwargs:`` of the stage that
+    prepared it, or of the stage that saved it)."""
+    return dict(getattr(tokenizer, "init_kwargs", {}).get(KWARGS_KEY) or {})
+
+
+def kwargs_problem(value, where: str) -> str | None:
+    """Why a ``chat_template_kwargs:`` value is unusable, or None: a mapping of template variables."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
+        return (f"{where}: expected a mapping of template variables, e.g. {{enable_thinking: false}}; "
+                f"got {value!r}.")
+    reserved = sorted(set(value) & {"messages", "tools", "documents", "add_generation_prompt", "chat_template",
+                                    "tokenize", "continue_final_message"})
+    if reserved:
+        return f"{where}: {', '.join(reserved)} {'is' if len(reserved) == 1 else 'are'} set by align, not a template variable."
+    return None
+
+
+def set_template_kwargs(tokenizer, value, *, where: str) -> dict:
+    """Merge the recipe's ``chat_template_kwargs`` over those the tokenizer was saved with; returns the result."""
+    problem = kwargs_problem(value, where)
+    if problem:
+        raise AlignError(problem)
+    merged = {**template_kwargs(tokenizer), **(value or {})}
+    if value:
+        tokenizer.init_kwargs[KWARGS_KEY] = merged
+        log.info("%s: every prompt and conversation is rendered with %s", where, merged)
+    return merged
+
+
+def row_options(row) -> dict:
+    """What a dataset row adds to rendering it: its ``tools`` (a list or JSON text, as TRL reads them) and its
+    ``chat_template_kwargs`` column."""
+    import json
+
+    if not isinstance(row, dict):
+        return {}
+    options = dict(row.get(KWARGS_KEY) or {})
+    tools = row.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) and tools.strip() else tools
+    return {**options, "tools": tools} if tools else options
+
+
+def render(tokenizer, conversation, options: dict | None = None, **kwargs):
+    """``apply_chat_template`` with the tokenizer's ``chat_template_kwargs``, then the row's ``options``
+    (``row_options``), then ``kwargs``: the one way align renders a conversation."""
+    return tokenizer.apply_chat_template(list(conversation), **{**template_kwargs(tokenizer), **(options or {}), **kwargs})
 
 
 def adds_bos(tokenizer) -> bool:
@@ -69,8 +128,9 @@ def resolve_chat_template(value: str, *, where: str) -> str:
 
 
 def prepare_chat_template(tokenizer, value=None, *, where: str, context_check: str | None = "warn", row=None,
-                          generation_prompt: str | None = None):
-    """Set the recipe's template on ``tokenizer``, or align's default when it has none; returns the tokenizer.
+                          generation_prompt: str | None = None, kwargs: dict | None = None):
+    """Set the recipe's template on ``tokenizer``, or align's default when it has none, and the stage's
+    ``chat_template_kwargs`` (``kwargs``, see ``set_template_kwargs``); returns the tokenizer.
     Call it only where conversations are rendered: a template-less model trained on plain text stays template-less.
     Then checks, once, that the context the stage trains or samples in is the one the other stages use
     (``check_context``; ``context_check``: warn, error or off, ``row`` a conversation of the stage's data).
@@ -86,6 +146,7 @@ def prepare_chat_template(tokenizer, value=None, *, where: str, context_check: s
         log.info("%s: the model has no chat template; conversations use align's default (User:/Assistant: turns "
                  "closed by EOS %r). Set %s to choose another.", where.rsplit(".", 1)[0], tokenizer.eos_token, where)
     stage = where.rsplit(".", 1)[0]
+    set_template_kwargs(tokenizer, kwargs, where=f"{stage}.chat_template_kwargs")
     if generation_prompt not in (None, *GENERATION_PROMPTS):
         raise AlignError(f"{stage}.generation_prompt: expected template (the chat template's own) or trained (the "
                          f"prompt the trainer puts before a reply); got {generation_prompt!r}.")
@@ -114,11 +175,11 @@ PROBE_REPLY = {"role": "assistant", "content": "I love this kettle. It boils fas
 PROBE = ({"role": "user", "content": "Write a short review of the kettle."}, PROBE_REPLY)
 
 
-def _ids(tokenizer, messages, **kwargs) -> list[int]:
-    return list(tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, **kwargs)["input_ids"])
+def _ids(tokenizer, messages, options=None, **kwargs) -> list[int]:
+    return list(render(tokenizer, messages, options, tokenize=True, return_dict=True, **kwargs)["input_ids"])
 
 
-def context_problems(tokenizer, conversation=PROBE) -> list[str]:
+def context_problems(tokenizer, conversation=PROBE, options: dict | None = None) -> list[str]:
     """Where the token context a stage trains on differs from the one the policy is sampled and scored in; empty
     when they agree. ``conversation`` ends with an assistant reply.
 
@@ -126,10 +187,10 @@ def context_problems(tokenizer, conversation=PROBE) -> list[str]:
     and the reward model see the whole conversation; TRL's completion-only SFT and DPO take the reply to start where
     the two diverge, and assistant-only SFT where the template's ``{% generation %}`` block starts. One context means
     the prompt's ids are a prefix of the conversation's and, with generation markers, the trained reply starts
-    exactly there."""
+    exactly there. ``options``: the row's tools and template arguments (``row_options``)."""
     prompt, reply = list(conversation[:-1]), conversation[-1]
-    sampled = _ids(tokenizer, prompt, add_generation_prompt=True)
-    trained = _ids(tokenizer, [*prompt, reply])
+    sampled = _ids(tokenizer, prompt, options, add_generation_prompt=True)
+    trained = _ids(tokenizer, [*prompt, reply], options)
     tokens = tokenizer.convert_ids_to_tokens
     common = next((i for i, (a, b) in enumerate(zip(sampled, trained)) if a != b), min(len(sampled), len(trained)))
     problems = []
@@ -143,8 +204,8 @@ def context_problems(tokenizer, conversation=PROBE) -> list[str]:
             + _why(tokenizer.decode(sampled[common:])))
     training = assistant_only_template(tokenizer)
     if training is not None and not problems:
-        rendered = tokenizer.apply_chat_template([*prompt, reply], chat_template=training, tokenize=True,
-                                                 return_dict=True, return_assistant_tokens_mask=True)
+        rendered = render(tokenizer, [*prompt, reply], options, chat_template=training, tokenize=True,
+                          return_dict=True, return_assistant_tokens_mask=True)
         mask = list(rendered["assistant_masks"])
         starts = [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
         # a block that starts earlier also trains the generation prompt's last tokens (TRL's Qwen template trains
@@ -180,8 +241,8 @@ def trained_generation_prompt(tokenizer, where: str) -> str:
     as part of the reply. Sets and returns the new template."""
     prompt = [PROBE[0]]
     try:
-        before = tokenizer.apply_chat_template(prompt, tokenize=False)
-        full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": SENTINEL}], tokenize=False)
+        before = render(tokenizer, prompt, tokenize=False)
+        full = render(tokenizer, [*prompt, {"role": "assistant", "content": SENTINEL}], tokenize=False)
     except Exception as e:  # noqa: BLE001 -- a template's own exception, e.g. it requires a system message
         raise AlignError(f"{where}: the chat template cannot render a probe conversation ({e}), so align cannot derive "
                          f"the prompt it trains replies after; use generation_prompt: template.") from None
@@ -223,8 +284,8 @@ def sampling_context(tokenizer, chat: bool = True) -> dict:
         return {"generation_prompt": None, "source": "raw text (chat: false)" if not chat else "no template",
                 "problems": []}
     try:
-        before = tokenizer.apply_chat_template([PROBE[0]], tokenize=False)
-        opened = tokenizer.apply_chat_template([PROBE[0]], tokenize=False, add_generation_prompt=True)
+        before = render(tokenizer, [PROBE[0]], tokenize=False)
+        opened = render(tokenizer, [PROBE[0]], tokenize=False, add_generation_prompt=True)
         problems = context_problems(tokenizer)
     except Exception as e:  # noqa: BLE001 -- a template that cannot render the probe is reported, not fatal
         return {"generation_prompt": None, "source": f"not rendered ({type(e).__name__})", "problems": []}
@@ -245,7 +306,7 @@ def check_context(tokenizer, where: str, *, row=None, mode: str = "warn") -> lis
     if tokenizer.chat_template is None or mode == "off":
         return []
     try:
-        problems = context_problems(tokenizer, probe_conversation(row))
+        problems = context_problems(tokenizer, probe_conversation(row), row_options(row))
     except Exception as e:  # noqa: BLE001 -- a template that cannot render the probe (roles, tools) is not checked
         log.info("%s: the context check could not render a probe conversation (%s: %s)", where, type(e).__name__, e)
         return []
@@ -281,6 +342,10 @@ def context_findings(path, spec: dict, where: str) -> tuple[list[str], list[str]
         tokenizer.chat_template = resolve_chat_template(value, where=f"{where}.chat_template")
     if spec.get("generation_prompt") not in (None, *GENERATION_PROMPTS):
         return [f"{where}.generation_prompt: expected template or trained; got {spec['generation_prompt']!r}."], []
+    problem = kwargs_problem(spec.get(KWARGS_KEY), f"{where}.{KWARGS_KEY}")
+    if problem:
+        return [problem], []
+    set_template_kwargs(tokenizer, spec.get(KWARGS_KEY), where=f"{where}.{KWARGS_KEY}")
     if spec.get("generation_prompt") == "trained":
         trained_generation_prompt(tokenizer, f"{where}.generation_prompt")
     problems = context_problems(tokenizer)

@@ -112,7 +112,7 @@ def export_stage(stage_dir, out, *, merge: bool = False, dtype=None, push_to_hub
 
     if not info.get("classifier"):
         if model is None:  # an adapter: its stop ids come from the base it was trained on
-            model, tokenizer = load_causal_lm(folder), load_tokenizer(folder)
+            model, tokenizer = load_causal_lm(folder, device=None), load_tokenizer(folder)  # read, never run
         generation_config(model, tokenizer, decoding).save_pretrained(out)
     said = ", ".join(f"{k}={v}" for k, v in (decoding or {}).items() if k not in ("note", "batch_size"))
     if info.get("classifier"):

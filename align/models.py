@@ -131,29 +131,54 @@ def base_model_path(path: str | Path) -> str:
     return path
 
 
+def inference_device() -> torch.device:
+    """The device this process runs its frozen models on (policies being sampled, references, judges): accelerate's
+    device for the process, so its own GPU under a multi-GPU launch, and the CPU without CUDA (as the runner's
+    ``PartialState`` and the trainers' ``use_cpu`` have it)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).device
+
+
+def placement(device, kwargs: dict, *, training: bool) -> torch.device | None:
+    """Where a loaded model is moved: None for a model to train (its trainer places it), under a ``device_map``
+    (transformers places it, e.g. ``"auto"`` over several GPUs for a judge larger than one) or with bitsandbytes
+    weights (placed while quantised); else ``device``, by default (``"auto"``) ``inference_device()``."""
+    if training or device is None or kwargs.get("device_map") is not None or "quantization_config" in kwargs:
+        return None
+    return inference_device() if device == "auto" else torch.device(device)
+
+
 def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model",
-                   tensor_parallel: bool | None = None, dtype=None, training: bool = False, **kwargs):
+                   tensor_parallel: bool | None = None, dtype=None, training: bool = False, device="auto", **kwargs):
     """Load a model, merging a LoRA adapter into its base so the result is a plain model.
 
     ``dtype`` (a torch dtype or its name, see ``resolve_dtype``) is what the weights are held in, whatever the
-    checkpoint stores: by default float32 for ``training`` (master weights) and for inference on a CPU.
+    checkpoint stores: by default float32 for ``training`` (master weights) and for inference on a CPU, bf16 for
+    inference on a GPU that has it.
+
+    A model for inference lands on ``device`` (``"auto"``: this process's accelerator, see ``placement``; None: left
+    on the CPU); pass ``device_map`` instead to let transformers spread it over devices.
 
     ``tensor_parallel=True`` shards it over all processes with the model's own plan
     (``DistributedConfig(tp_plan="auto")``, see ``load_tensor_parallel``); ``None`` does so when the
     launch asked for tensor parallelism (``tensor_parallel_size() > 1``); ``False`` never does.
     """
     path = resolve_model_path(path, field=field)
-    kwargs["dtype"] = resolve_dtype(dtype, training=training, field=field)
     if tensor_parallel is None:
         tensor_parallel = tensor_parallel_size() > 1 and "distributed_config" not in kwargs
+    target = None if tensor_parallel else placement(device, kwargs, training=training)
+    kwargs["dtype"] = resolve_dtype(dtype, training=training, field=field, device=target)
     if tensor_parallel:
         return load_tensor_parallel(path, merge=merge, field=field, **kwargs)
     if is_adapter(path):
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
-        return model.merge_and_unload() if merge else model
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = model.merge_and_unload() if merge else model
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model if target is None else model.to(target)
 
 
 def load_tensor_parallel(path: str | Path, *, merge: bool = True, field: str = "model", **kwargs):
@@ -215,14 +240,16 @@ def training_dtype() -> torch.dtype:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
-def resolve_dtype(value=None, *, training: bool = False, field: str = "dtype"):
+def resolve_dtype(value=None, *, training: bool = False, field: str = "dtype", device: torch.device | None = None):
     """The dtype a model is loaded in. Hub checkpoints store bf16 (or fp16) weights; AdamW updating them in place
     rounds most small updates to zero (measured: 79 % of a value model's updates at lr 1e-4, every RMSNorm update),
     so trainable weights are float32 master weights and bf16 is only the autocast compute dtype. Frozen models
-    (judges, evaluation) may run in bf16 on a GPU that has it. ``value`` overrides: float32 | bfloat16 | float16 |
-    auto (the checkpoint's own dtype)."""
+    (judges, evaluation) run in bf16 on a GPU that has it: on ``device`` when it is known, else where CUDA is.
+    ``value`` overrides: float32 | bfloat16 | float16 | auto (the checkpoint's own dtype)."""
     if value is None:
-        return torch.float32 if training else training_dtype()
+        if training or (device is not None and device.type != "cuda"):
+            return torch.float32
+        return training_dtype()
     if isinstance(value, torch.dtype):
         return value
     if value not in DTYPES:
@@ -285,29 +312,32 @@ def register_sequence_classifier(path: str | Path) -> None:
 
 
 def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labels: int = 1, dtype=None,
-                             training: bool = True):
+                             training: bool = True, device="auto"):
     """A scalar-head classifier (reward/value model) initialised from a causal LM or a classifier.
 
     A LoRA adapter is merged into its base first; the new score head starts random, the backbone
     keeps the language model's weights (InstructGPT initialises its reward model from the SFT model).
+    Not ``training``, it lands on ``device`` like ``load_causal_lm``'s models.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(path, field=field)
     tokenizer = load_tokenizer(path, field=field)
-    dtype = resolve_dtype(dtype, training=training, field=field)
+    target = placement(device, {}, training=training)
+    dtype = resolve_dtype(dtype, training=training, field=field, device=target)
     config = AutoConfig.from_pretrained(base_model_path(path))
     sequence_classifier_class(config)
     if not is_adapter(path) and "ForSequenceClassification" in str(config.architectures):
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
     else:
         # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
-        lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=dtype)  # copied into an unsharded classifier
+        lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=dtype,  # copied into an unsharded
+                            device=None)                                          # classifier, on the CPU
         lm.config.num_labels = num_labels
         model = sequence_classifier_class(lm.config)._from_config(lm.config, dtype=lm.dtype)
         model.base_model.load_state_dict(lm.base_model.state_dict())
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return (model if target is None else model.to(target)), tokenizer
 
 
 # Config keys a stage means to change when it saves: a reward model's head and labels, the float32 master weights,

@@ -349,18 +349,22 @@ class Checker:
         judge = self.attempt(where, build_judge, name, spec)
         if judge is None:
             return
-        prompt, source = self.example_prompt(users)
-        scores = self.attempt(where, judge.score, [prompt, prompt], list(EXAMPLE_RESPONSES))
+        from align.functions import columns_of
+
+        row, source = self.example_row(users)
+        scores = self.attempt(where, judge.score, [row["prompt"]] * 2, list(EXAMPLE_RESPONSES),
+                              **columns_of([row, row]))  # the dataset's columns, as the stages pass them
         if scores is not None:
             self.note(f"{where}: {spec['function']} gave one number per response on an example ({source}): "
                       + ", ".join(f"{s:.3g}" for s in scores))
 
-    def example_prompt(self, users: list[str]):
+    def example_row(self, users: list[str]):
+        """The first prompt row a stage using the judge reads (its other columns are what the judge gets too)."""
         for stage in users:
             for ds in self.stage_data.get(stage, []):
                 if "prompt" in ds.column_names and len(ds):
-                    return ds[0]["prompt"], f"the first prompt stages.{stage} reads"
-        return EXAMPLE_PROMPT, "a fixed example prompt"
+                    return ds[0], f"the first prompt stages.{stage} reads"
+        return {"prompt": EXAMPLE_PROMPT}, "a fixed example prompt"
 
 
 def plural(n: int, noun: str) -> str:

@@ -116,7 +116,7 @@ CASES = {
                           ["judge 'j' failed on sample 0: KeyError"]),
     "judge with an unknown option": (with_judge({"function": f"{__name__}:good_judge", "weight": 2}),
                                      ["judges.j.weight: a function judge has no option 'weight'"]),
-    "judge without module:function": (with_judge({"function": "align.data.builtin.gold_judge"}),
+    "judge without module:function": (with_judge({"function": "gold_judge"}),  # dotted module.function is a name
                                       ["judges.j.function: expected 'module:function'"]),
     "judge of two kinds": (with_judge({"function": f"{__name__}:good_judge", "llm": "gpt2"}),
                            ["judges.j: expected exactly one of"]),

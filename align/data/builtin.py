@@ -15,6 +15,7 @@ import random
 import re
 import zlib
 
+from align.data import verifiable
 from align.errors import AlignError
 
 CATEGORIES = {
@@ -104,6 +105,7 @@ BUILTINS = {"reviews": {
                "eval_prompts": "review requests about held-out products (prompt-only, conversational)"},
 }}
 DEFAULT_SIZES = {"pretrain": 9000, "heldout_text": 300, "sft": 3000, "prompts": 2000, "eval_prompts": 200}
+BUILTINS["parity"] = verifiable.DESCRIPTION  # the verifiable task (align.data.verifiable)
 
 
 def brand(rng: random.Random) -> str:
@@ -160,6 +162,8 @@ def load_builtin(name: str, split: str, seed: int = 0, size: int | None = None):
 
     if name not in BUILTINS:
         raise AlignError(f"builtin dataset {name!r} does not exist; available: {', '.join(BUILTINS)}.")
+    if name == "parity":
+        return verifiable.load_verifiable(split, seed=seed, size=size)
     if split not in DEFAULT_SIZES:
         raise AlignError(f"builtin dataset {name!r} has no split {split!r}; splits: {', '.join(DEFAULT_SIZES)}.")
     n = size or DEFAULT_SIZES[split]

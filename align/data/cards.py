@@ -24,11 +24,14 @@ def text_of(value) -> str:
     return "\n".join(strings(value))
 
 
-def templated(value, tokenizer) -> str:
-    """What a trainer feeds the model: the chat template for message lists when the tokenizer has one."""
+def templated(value, tokenizer, options: dict | None = None) -> str:
+    """What a trainer feeds the model: the chat template for message lists when the tokenizer has one (with the
+    row's ``options``: its tools and template arguments)."""
     if isinstance(value, list) and value and getattr(tokenizer, "chat_template", None):
+        from align.chat_templates import render
+
         try:
-            return tokenizer.apply_chat_template(value, tokenize=False)
+            return render(tokenizer, value, options, tokenize=False)
         except Exception:  # noqa: BLE001 -- strict templates refuse e.g. assistant-only lists; count the text
             pass
     return text_of(value)

@@ -29,7 +29,7 @@ DESCRIBE = {
     "language_modeling": "a language-modelling dataset (text)",
     "prompt_only": "a prompt-only dataset (prompt)",
 }
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 
 
 def detect_format(ds, *, name: str = "dataset") -> str:
@@ -52,8 +52,50 @@ def is_conversational(ds) -> bool:
 
 
 def column_values(ds, column: str) -> list:
-    """A whole column as Python objects in one Arrow conversion: ~5x faster than iterating ``ds[column]``."""
+    """A whole column as Python objects in one Arrow conversion: ~5x faster than iterating ``ds[column]``. A column
+    holding ``Json`` values (what ``datasets`` stores tool calls with differing arguments as) is decoded by
+    ``datasets``: Arrow holds those as JSON text."""
+    if "Json" in repr(ds.features.get(column)):
+        return list(ds[column])
     return ds.with_format("arrow")[column].to_pylist()
+
+
+def tool_call_problem(call) -> str | None:
+    """Why one entry of an assistant message's ``tool_calls`` is malformed, or None. The shape is the one
+    transformers' chat templates render: ``{type: function, function: {name, arguments}}``."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        return "expected {type: function, function: {name, arguments}}"
+    if not isinstance(function.get("arguments", {}), (dict, str)):
+        return "expected its function.arguments to be a mapping (or a JSON string)"
+    return None
+
+
+def message_problem(i: int, m) -> str | None:
+    """Why message ``i`` is malformed on its own, or None: a known role and non-empty text, except an assistant
+    message that calls tools (its content may be empty) and a tool result (any string, even empty)."""
+    if not isinstance(m, dict) or "role" not in m or ("content" not in m and "tool_calls" not in m):
+        return f"message {i} is not a {{role, content}} mapping"
+    if m["role"] not in ROLES:
+        return f"message {i} has role {m['role']!r}; roles are system, user, assistant, tool"
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if m["role"] != "assistant":
+            return f"message {i} ({m['role']}) has tool_calls; only assistant messages call tools"
+        if not isinstance(calls, list) or not calls:
+            return f"message {i} has tool_calls that are not a non-empty list"
+        for call in calls:
+            problem = tool_call_problem(call)
+            if problem:
+                return f"message {i} has a malformed tool call ({problem})"
+        if m.get("content") is not None and not isinstance(m["content"], str):
+            return f"message {i} (assistant) has non-string content"
+        return None
+    if m["role"] == "tool":
+        return None if isinstance(m.get("content"), str) else f"message {i} (tool) has non-string content"
+    if not isinstance(m.get("content"), str) or not m["content"].strip():
+        return f"message {i} ({m['role']}) has empty or non-string content"
+    return None
 
 
 def short(value, limit: int = 100) -> str:
@@ -62,16 +104,15 @@ def short(value, limit: int = 100) -> str:
 
 
 def check_messages(messages, *, must_start_user: bool, last_role: str | None, only_role: str | None = None) -> str | None:
-    """Why a message list is malformed, or None. Order: [system] user assistant user ..."""
+    """Why a message list is malformed, or None. Order: [system] user assistant user ..., where an assistant
+    message with ``tool_calls`` is followed by one ``tool`` message per result, then the assistant again. A prompt
+    (``last_role`` user) may also end with tool results: the assistant answers from them."""
     if not isinstance(messages, list) or not messages:
         return "expected a non-empty list of {role, content} messages"
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            return f"message {i} is not a {{role, content}} mapping"
-        if m["role"] not in ROLES:
-            return f"message {i} has role {m['role']!r}; roles are system, user, assistant"
-        if not isinstance(m["content"], str) or not m["content"].strip():
-            return f"message {i} ({m['role']}) has empty or non-string content"
+        problem = message_problem(i, m)
+        if problem:
+            return problem
         if only_role and m["role"] != only_role:
             return f"message {i} has role {m['role']!r}; expected only {only_role} messages"
     if only_role:
@@ -82,10 +123,33 @@ def check_messages(messages, *, must_start_user: bool, last_role: str | None, on
     if must_start_user and (not turns or turns[0]["role"] != "user"):
         return "the conversation must start with a user message (after an optional system message)"
     for a, b in zip(turns, turns[1:]):
-        if a["role"] == b["role"]:
+        if b["role"] == "tool" and not (a["role"] == "tool" or a.get("tool_calls")):
+            return "a tool message must follow an assistant message with tool_calls (or another tool message)"
+        if a.get("tool_calls") and b["role"] != "tool":
+            return "an assistant message with tool_calls must be followed by the tool messages with their results"
+        if a["role"] == b["role"] and a["role"] != "tool":
             return f"two {a['role']} messages in a row; user and assistant must alternate"
-    if last_role and turns[-1]["role"] != last_role:
+    if last_role and turns[-1]["role"] != last_role and not (last_role == "user" and turns[-1]["role"] == "tool"):
         return f"the last message must be from the {last_role}, not the {turns[-1]['role']}"
+    if last_role == "assistant" and turns[-1].get("tool_calls"):
+        return "the conversation ends with a tool call; end it with the assistant's answer after the tool results"
+    return None
+
+
+def tools_problem(value) -> str | None:
+    """Why a ``tools`` cell is unusable, or None: a list of JSON-schema tools (or that list as a JSON string, as
+    TRL accepts), or null for a row without tools."""
+    import json
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            return f"expected a list of tool schemas or a JSON string of one; it is not JSON ({e})"
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        return "expected a list of tool schemas ({type: function, function: {name, description, parameters}})"
     return None
 
 
@@ -116,6 +180,11 @@ def row_problems(ds, fmt: str):
             problem = check_value(value, column, conversational, fmt)
             if problem:
                 yield row, column, problem, value
+    if "tools" in ds.column_names:
+        for row, value in enumerate(column_values(ds, "tools")):
+            problem = tools_problem(value)
+            if problem:
+                yield row, "tools", problem, value
     if "chosen" in values:
         for row, (chosen, rejected) in enumerate(zip(values["chosen"], values["rejected"])):
             if chosen == rejected:

@@ -4,7 +4,8 @@ Readers are the ``datasets`` library's own builders (json, csv, parquet, text); 
 maps a recipe's spec onto them and turns their failures into errors a user can act on.
 
 After the source is read, the optional keys apply in this order: ``rename``, ``convert``,
-``map``, ``on_invalid_rows: drop``, ``shuffle`` (with ``seed``), ``limit``. So ``rename`` can prepare columns
+``map``, ``on_invalid_rows: drop``, ``chat_template_kwargs`` (a per-row column, as TRL reads it),
+``shuffle`` (with ``seed``), ``limit``. So ``rename`` can prepare columns
 for ``convert``, ``shuffle`` + ``limit`` takes a random sample, and ``limit`` counts valid rows only.
 ``on_invalid_rows: error`` (the default) leaves rows to the stage's check, which stops at the first bad
 row; ``drop`` drops every invalid row and counts them per reason in the log and the data card. Text files are one document per
@@ -23,7 +24,7 @@ from align.functions import import_function
 SOURCES = ("builtin", "path", "hub", "stage_dir")
 OPTIONS = {  # key -> the source it is limited to (None: every source)
     "split": None, "rename": None, "limit": None, "shuffle": None, "seed": None, "map": None, "convert": None,
-    "on_invalid_rows": None,
+    "on_invalid_rows": None, "chat_template_kwargs": None,
     "size": "builtin", "config": "hub", "revision": "hub", "sample_by": "path",
 }
 DATASET_SPEC_KEYS = frozenset({*SOURCES, *OPTIONS})
@@ -71,6 +72,12 @@ def check_spec(spec, name: str) -> None:
     if spec.get("on_invalid_rows", "error") not in ON_INVALID_ROWS:
         raise AlignError(f"{name}.on_invalid_rows: expected error (stop at the first invalid row, the default) or drop "
                          f"(drop invalid rows and count them in the log and the data card), got {spec['on_invalid_rows']!r}.")
+    if "chat_template_kwargs" in spec:
+        from align.chat_templates import kwargs_problem
+
+        problem = kwargs_problem(spec["chat_template_kwargs"], f"{name}.chat_template_kwargs")
+        if problem:
+            raise AlignError(problem)
     if ":" not in str(spec.get("map", ":")):
         raise AlignError(f"{name}.map: expected module:function, got {spec['map']!r}.")
 
@@ -207,6 +214,15 @@ def apply_map(ds, target: str, name: str):
     return ds.map(call, with_indices=True, remove_columns=ds.column_names)
 
 
+def with_row_kwargs(ds, kwargs: dict):
+    """The dataset's ``chat_template_kwargs:`` as TRL's per-row column (over a row's own values): SFT, DPO and reward
+    render each row with it, and align's sampling stages read it the same way (``chat_templates.row_options``)."""
+    if "chat_template_kwargs" not in ds.column_names:
+        return ds.add_column("chat_template_kwargs", [dict(kwargs)] * len(ds))
+    return ds.map(lambda row: {"chat_template_kwargs": {**{k: v for k, v in (row["chat_template_kwargs"] or {}).items()
+                                                           if v is not None}, **kwargs}})
+
+
 def load_dataset(spec: dict, *, name: str):
     """Load a dataset from its spec, then apply rename / convert / map / drop / shuffle / limit in that order.
 
@@ -241,6 +257,8 @@ def prepare(ds, spec: dict, *, name: str):
         ds, dropped = drop_invalid_rows(ds, name=name)
         if dropped.dropped:
             log.warning("%s", dropped.summary())
+    if spec.get("chat_template_kwargs"):
+        ds = with_row_kwargs(ds, spec["chat_template_kwargs"])
     if spec.get("shuffle"):
         ds = ds.shuffle(seed=spec.get("seed", 0))
     if "limit" in spec:

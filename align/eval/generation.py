@@ -21,14 +21,17 @@ def as_messages(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
-def prompt_ids(tokenizer, prompt, *, chat: bool = True) -> list[int]:
-    """Token ids the model is conditioned on: the chat template up to the assistant's turn, or raw text."""
+def prompt_ids(tokenizer, prompt, *, chat: bool = True, options: dict | None = None) -> list[int]:
+    """Token ids the model is conditioned on: the chat template up to the assistant's turn (with the stage's
+    ``chat_template_kwargs`` and the row's ``options``: its tools and template arguments), or raw text."""
     if chat:
+        from align.chat_templates import render
+
         if tokenizer.chat_template is None:
             raise AlignError("this tokenizer has no chat template, so prompts cannot be formatted as a conversation; "
                              "continue them as raw text instead (chat=False, `align generate --raw`).")
-        return tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=True,
-                                             return_dict=True)["input_ids"]
+        return render(tokenizer, as_messages(prompt), options, add_generation_prompt=True, tokenize=True,
+                      return_dict=True)["input_ids"]
     if not isinstance(prompt, str):
         raise AlignError(f"chat=False continues raw text, so each prompt must be a string; got {type(prompt).__name__}.")
     return tokenizer(prompt)["input_ids"]
@@ -146,9 +149,11 @@ def response_ids(generated: torch.Tensor, stop: list[int]) -> list[list[int]]:
 
 def generate(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, greedy: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, batch_size: int = 16,
-             seed: int | None = None, chat: bool = True, return_ids: bool = False):
+             seed: int | None = None, chat: bool = True, return_ids: bool = False, options: list | None = None):
     """One response per prompt, decoded without special tokens; with ``return_ids`` also
     ``(prompt_ids, response_ids)`` per prompt: the exact tokens sampled, for scoring (KL) without re-tokenising.
+    ``options``: per prompt, what its dataset row adds to rendering it (``chat_templates.row_options``: tools,
+    template arguments).
 
     Left padding keeps every prompt's last token next to the first generated one, which batched
     decoding with a KV cache needs; the padding is done here, so the tokenizer is left untouched.
@@ -160,7 +165,8 @@ def generate(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, greed
     stop = stop_ids(model, tokenizer)
     config = decoding_config(max_new_tokens=max_new_tokens, stop_ids=stop, pad_id=pad_id, greedy=greedy,
                              temperature=temperature, top_p=top_p, top_k=top_k)
-    encoded = [prompt_ids(tokenizer, p, chat=chat) for p in prompts]
+    options = options or [None] * len(prompts)
+    encoded = [prompt_ids(tokenizer, p, chat=chat, options=o) for p, o in zip(prompts, options, strict=True)]
     device = model.device
     texts, ids = [], []
     with seeded(seed, device), eval_mode(model), declared_decoding(model, config):

@@ -14,12 +14,14 @@ from align.refs import REF_PATTERN
 
 JUDGE_OPTIONS = {  # kind -> the options a spec of that kind may give beside it
     "function": ("tie_tolerance",),
-    "reward_model": ("batch_size", "tie_tolerance"),
-    "llm": ("template", "batch_size", "reference", "tie_tolerance"),
+    "reward_model": ("batch_size", "tie_tolerance", "device_map"),
+    "llm": ("template", "batch_size", "reference", "tie_tolerance", "device_map"),
     "openai": openai_judge.OPTIONS,
 }
 MODEL_KINDS = ("reward_model", "llm")  # kinds that load a model (a folder, a stage output or a hub id)
-OPTION_TYPES = {"tie_tolerance": float, "batch_size": int, "reference": str, "template": str}
+# device_map: transformers' (e.g. "auto": a judge larger than one GPU spread over all); without it a judge sits on
+# this process's device (models.placement)
+OPTION_TYPES = {"tie_tolerance": float, "batch_size": int, "reference": str, "template": str, "device_map": str}
 
 
 def judge_kind(spec, where: str) -> str:

@@ -6,7 +6,9 @@ tie). Prompts are a user message (a string) or a conversation (a list of message
 prompt-only datasets the stages read. Four kinds, chosen in a recipe's ``judges:`` section:
 
 - ``{function: "module:function"}``: any Python function ``(prompts, responses) -> list[float]``,
-  e.g. a task's gold oracle;
+  e.g. a task's gold oracle, or a TRL reward function ``(prompts, completions, **kwargs)`` such as
+  ``trl.rewards.accuracy_reward``; either gets the dataset's other columns (a ground-truth answer) as
+  keywords (``FunctionJudge``);
 - ``{reward_model: path}``: a trained scalar reward model (a proxy for the gold judge);
 - ``{llm: path, template: ...}``: a local causal LM asked which of two responses is better;
 - ``{openai: {base_url: URL, model: NAME, api_key_env: VAR, ...}}``: the same question put to a model
@@ -26,7 +28,7 @@ import torch
 
 from align.errors import AlignError
 from align.eval.generation import as_messages, eval_mode, pad_batch
-from align.functions import import_function
+from align.functions import accepted_keywords, import_function
 
 
 def outcome(difference: float, tie_tolerance: float) -> float:
@@ -42,46 +44,73 @@ class Judge:
     name = "judge"
     tie_tolerance = 0.0
 
-    def score(self, prompts: list, responses: list[str]) -> list[float]:
+    def score(self, prompts: list, responses: list[str], **columns) -> list[float]:
+        """One score per response; ``columns``: the dataset's other columns, one value per prompt, and TRL's extra
+        keywords (``trainer_state`` ...) when called as a reward. Only function judges read them."""
         raise NotImplementedError
 
-    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str]) -> list[float]:
+    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str], **columns) -> list[float]:
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"judge '{self.name}': {len(prompts)} prompts but {len(responses_a)} and "
                              f"{len(responses_b)} responses")
-        scores_a, scores_b = self.score(prompts, responses_a), self.score(prompts, responses_b)
+        scores_a, scores_b = self.score(prompts, responses_a, **columns), self.score(prompts, responses_b, **columns)
         return [outcome(a - b, self.tie_tolerance) for a, b in zip(scores_a, scores_b)]
 
 
 class FunctionJudge(Judge):
-    """A Python function ``(prompts, responses) -> list[float]`` named as ``module:function``.
+    """A Python function named as ``module:function`` (or dotted, ``trl.rewards.accuracy_reward``), in one of two
+    calling conventions, told apart by its parameters:
 
-    Called once per batch. If it raises, it is called again one sample at a time to name the
-    sample that breaks it; bad return values (wrong length, not numbers, NaN) are reported too,
-    because a silently misaligned score would corrupt every preference pair after it.
+    - align's: ``f(prompts, responses, **columns) -> list[float]``, responses as text;
+    - TRL's reward functions (a parameter named ``completions``): ``f(prompts=..., completions=...,
+      completion_ids=..., **columns)``, completions as TRL passes them: ``[{"role": "assistant", "content": text}]``
+      when the prompt is a conversation, the text otherwise.
+
+    ``columns`` are the dataset's columns other than the prompt (a ground-truth ``answer`` or ``solution``), one
+    value per prompt, plus what TRL's GRPOTrainer adds (``trainer_state``, ``log_extra``, ``log_metric``) when it
+    is a reward there; each goes to the function only if it names that parameter or takes ``**kwargs``, so
+    ``(prompts, responses)`` functions keep working. Called once per batch. If it raises, it is called again one
+    sample at a time to name the sample that breaks it; bad return values (wrong length, not numbers, NaN) are
+    reported too, because a silently misaligned score would corrupt every preference pair after it.
     """
 
-    def __init__(self, target: str, *, name: str | None = None, tie_tolerance: float = 0.0):
-        self.name = name or target
-        self.target = target
-        self.tie_tolerance = float(tie_tolerance)
-        self.function = import_function(target, f"judges.{self.name}.function")
+    def __init__(self, target, *, name: str | None = None, tie_tolerance: float = 0.0):
+        import inspect
 
-    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        self.name = name or getattr(target, "__name__", str(target))
+        self.target = target if isinstance(target, str) else self.name
+        self.tie_tolerance = float(tie_tolerance)
+        self.function = target if callable(target) else import_function(target, f"judges.{self.name}.function")
+        try:
+            self.trl_style = "completions" in inspect.signature(self.function).parameters
+        except (TypeError, ValueError):  # a builtin or C callable: positional (prompts, responses) only
+            self.trl_style = False
+
+    def call(self, prompts: list, responses: list[str], columns: dict):
+        """The function on one batch, in its own convention, with the columns it accepts."""
+        passed = accepted_keywords(self.function, columns)
+        if not self.trl_style:
+            return self.function(list(prompts), list(responses), **passed)
+        completions = [[{"role": "assistant", "content": r}] if isinstance(p, list) else r
+                       for p, r in zip(prompts, responses)]
+        return self.function(prompts=list(prompts), completions=completions, **passed)
+
+    def score(self, prompts: list, responses: list[str], **columns) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"judge '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
         if not responses:
             return []
         try:
-            values = self.function(list(prompts), list(responses))
+            values = self.call(prompts, responses, columns)
         except Exception as e:
-            raise AlignError(self.failure(prompts, responses, e)) from e
+            raise AlignError(self.failure(prompts, responses, columns, e)) from e
         return self.checked(values, len(responses))
 
-    def failure(self, prompts: list, responses: list[str], error: Exception) -> str:
+    def failure(self, prompts: list, responses: list[str], columns: dict, error: Exception) -> str:
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            one = {k: v[i:i + 1] if isinstance(v, list) and len(v) == len(prompts) else v for k, v in columns.items()}
             try:
-                self.function([prompt], [response])
+                self.call([prompt], [response], one)
             except Exception as e:
                 return f"judge '{self.name}' failed on sample {i}: {type(e).__name__}: {e}"
         return f"judge '{self.name}' failed on a batch of {len(responses)} samples: {type(error).__name__}: {error}"
@@ -97,23 +126,30 @@ class FunctionJudge(Judge):
                              f"it must return one number per response, in order.")
         for i, value in enumerate(values):
             if not isinstance(value, numbers.Real) or math.isnan(value):
+                skipped = (" (a TRL reward returns None to skip a sample whose ground truth it cannot parse: check "
+                           "that column)" if value is None and self.trl_style else "")
                 raise AlignError(f"judge '{self.name}' returned {value!r} for sample {i}; scores must be numbers "
-                                 f"(not NaN).")
+                                 f"(not NaN).{skipped}")
         return [float(v) for v in values]
 
 
-def load_reward_model(path, name: str):
-    """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base)."""
+def load_reward_model(path, name: str, device_map=None):
+    """A scalar-head sequence classifier from a folder (a LoRA adapter is merged into its base), on this process's
+    device in its inference dtype (``models.placement``), or spread by transformers with ``device_map``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from align.models import is_adapter, load_tokenizer, register_sequence_classifier, resolve_model_path
+    from align.models import (is_adapter, load_tokenizer, placement, register_sequence_classifier, resolve_dtype,
+                              resolve_model_path)
 
     path = resolve_model_path(path, field=f"judges.{name}.reward_model")
     register_sequence_classifier(path)  # a family transformers has no classifier class for: align's scalar head
+    kwargs = {"device_map": device_map} if device_map is not None else {}
+    target = placement("auto", kwargs, training=False)
+    kwargs["dtype"] = resolve_dtype(None, device=target)
     if is_adapter(path):
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path).merge_and_unload()
+        model = AutoPeftModelForSequenceClassification.from_pretrained(path, **kwargs).merge_and_unload()
     else:
         architectures = AutoConfig.from_pretrained(path).architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
@@ -121,8 +157,8 @@ def load_reward_model(path, name: str):
                              f"{', '.join(architectures) or 'unknown'}); loading it as one would give a random score "
                              f"head. Point it at a reward stage's output, or use {{llm: {path}}} to ask a language "
                              f"model which response is better.")
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    return model, load_tokenizer(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    return (model if target is None else model.to(target)), load_tokenizer(path)
 
 
 class RewardModelJudge(Judge):
@@ -137,12 +173,12 @@ class RewardModelJudge(Judge):
     """
 
     def __init__(self, path_or_model, tokenizer=None, *, batch_size: int = 32, name: str = "reward_model",
-                 tie_tolerance: float = 0.0):
+                 tie_tolerance: float = 0.0, device_map=None):
         from align.models import load_tokenizer
 
         self.name, self.batch_size, self.tie_tolerance = name, int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
-            self.model, loaded = load_reward_model(path_or_model, name)
+            self.model, loaded = load_reward_model(path_or_model, name, device_map)
             self.tokenizer = tokenizer or loaded
         else:
             self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
@@ -152,16 +188,23 @@ class RewardModelJudge(Judge):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.model.config.pad_token_id = self.pad_id
 
-    def encode(self, prompt, response: str) -> list[int]:
+    def encode(self, prompt, response: str, options: dict | None = None) -> list[int]:
+        """``options``: the row's tools and template arguments (``row_options``), as RewardTrainer renders them."""
+        from align.chat_templates import render
+
         tokenizer = self.tokenizer
         if isinstance(prompt, str) and tokenizer.chat_template is None:
             eos = tokenizer.eos_token
             return tokenizer(prompt + (response if response.endswith(eos) else response + eos))["input_ids"]
         conversation = as_messages(prompt) + [{"role": "assistant", "content": response}]
-        return tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
+        return render(tokenizer, conversation, options, tokenize=True, return_dict=True)["input_ids"]
 
-    def score(self, prompts: list, responses: list[str]) -> list[float]:
-        encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+    def score(self, prompts: list, responses: list[str], **columns) -> list[float]:
+        from align.chat_templates import row_options
+
+        rows = [{k: columns[k][i] for k in ("tools", "chat_template_kwargs") if isinstance(columns.get(k), list)}
+                for i in range(len(prompts))]
+        encoded = [self.encode(p, r, row_options(row)) for p, r, row in zip(prompts, responses, rows, strict=True)]
         scores = []
         with eval_mode(self.model):
             for i in range(0, len(encoded), self.batch_size):
@@ -214,14 +257,15 @@ class LLMJudge(Judge):
     """
 
     def __init__(self, path_or_model, tokenizer=None, template: str = DEFAULT_TEMPLATE, *, batch_size: int = 16,
-                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm"):
+                 reference: str = "", tie_tolerance: float = 1e-6, name: str = "llm", device_map=None):
         from align.models import load_causal_lm, load_tokenizer
 
         check_template(template, name)
         self.name, self.template, self.reference = name, template, reference
         self.batch_size, self.tie_tolerance = int(batch_size), float(tie_tolerance)
         if isinstance(path_or_model, (str, Path)):
-            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm")
+            self.model = load_causal_lm(path_or_model, field=f"judges.{name}.llm",
+                                        **({"device_map": device_map} if device_map is not None else {}))
             self.tokenizer = tokenizer or load_tokenizer(path_or_model, field=f"judges.{name}.llm")
         else:
             self.model, self.tokenizer = path_or_model, tokenizer or load_tokenizer(path_or_model.name_or_path)
@@ -233,8 +277,10 @@ class LLMJudge(Judge):
 
     def question_ids(self, text: str) -> list[int]:
         if self.chat:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                      tokenize=True, return_dict=True)["input_ids"]
+            from align.chat_templates import render
+
+            return render(self.tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True,
+                          tokenize=True, return_dict=True)["input_ids"]
         return self.tokenizer(text + "\nAnswer:")["input_ids"]
 
     def answer_logprobs(self, texts: list[str]) -> torch.Tensor:
@@ -257,12 +303,12 @@ class LLMJudge(Judge):
                  for p, a, b in zip(prompts, first, second, strict=True)]
         return torch.softmax(self.answer_logprobs(texts), -1)[:, 0].tolist()
 
-    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str]) -> list[float]:
+    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str], **_columns) -> list[float]:
         n = len(prompts)
         p = self.prefers_first(list(prompts) * 2, list(responses_a) + list(responses_b),
                                list(responses_b) + list(responses_a))
         averaged = [(a_first + (1 - b_first)) / 2 for a_first, b_first in zip(p[:n], p[n:])]
         return [0.5 if abs(x - 0.5) <= self.tie_tolerance else x for x in averaged]
 
-    def score(self, prompts: list, responses: list[str]) -> list[float]:
+    def score(self, prompts: list, responses: list[str], **_columns) -> list[float]:
         return self.compare(prompts, responses, [self.reference] * len(responses))

@@ -36,17 +36,20 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def conversation_ids(tokenizer, prompt, response: str, *, chat: bool = True) -> tuple[list[int], int]:
+def conversation_ids(tokenizer, prompt, response: str, *, chat: bool = True, options: dict | None = None
+                     ) -> tuple[list[int], int]:
     """Token ids of prompt + response and the index where the response starts.
 
     With the chat template the whole conversation is rendered at once (as SFT/DPO/reward training
     see it) and the response starts where it stops agreeing with the generation prompt.
     """
-    context = prompt_ids(tokenizer, prompt, chat=chat)
+    from align.chat_templates import render
+
+    context = prompt_ids(tokenizer, prompt, chat=chat, options=options)
     if not chat:
         return context + tokenizer(response, add_special_tokens=False)["input_ids"], len(context)
-    full = tokenizer.apply_chat_template(as_messages(prompt) + [{"role": "assistant", "content": response}],
-                                         tokenize=True, return_dict=True)["input_ids"]
+    full = render(tokenizer, as_messages(prompt) + [{"role": "assistant", "content": response}], options,
+                  tokenize=True, return_dict=True)["input_ids"]
     return full, common_prefix_length(full, context)
 
 

@@ -343,7 +343,7 @@ class OpenAIJudge(Judge):
 
     # -- the Judge interface ------------------------------------------------------------------------------------
 
-    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str]) -> list[float]:
+    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str], **_columns) -> list[float]:
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"judge '{self.name}': {len(prompts)} prompts but {len(responses_a)} and "
                              f"{len(responses_b)} responses")
@@ -358,5 +358,5 @@ class OpenAIJudge(Judge):
         averaged = [(a_first + (1 - b_first)) / 2 for a_first, b_first in zip(p[:n], p[n:])]
         return [0.5 if abs(x - 0.5) <= self.tie_tolerance else x for x in averaged]
 
-    def score(self, prompts: list, responses: list[str]) -> list[float]:
+    def score(self, prompts: list, responses: list[str], **_columns) -> list[float]:
         return self.compare(prompts, responses, [self.reference] * len(responses))

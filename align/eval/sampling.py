@@ -288,12 +288,15 @@ def shutdown() -> None:
 
 def generate(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, greedy: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, batch_size: int = 16,
-             seed: int | None = None, chat: bool = True, return_ids: bool = False, where: str = "generation"):
-    """``align.eval.generation.generate`` through vLLM: the same prompts' token ids, decoding, stop ids and return
-    values. ``batch_size`` is ignored: the engine schedules its own batches."""
+             seed: int | None = None, chat: bool = True, return_ids: bool = False, options: list | None = None,
+             where: str = "generation"):
+    """``align.eval.generation.generate`` through vLLM: the same prompts' token ids (``options``: each row's tools
+    and template arguments), decoding, stop ids and return values. ``batch_size`` is ignored: the engine schedules
+    its own batches."""
     from align.eval.generation import prompt_ids, stop_ids
 
-    encoded = [prompt_ids(tokenizer, p, chat=chat) for p in prompts]
+    options = options or [None] * len(prompts)
+    encoded = [prompt_ids(tokenizer, p, chat=chat, options=o) for p, o in zip(prompts, options, strict=True)]
     stop = stop_ids(model, tokenizer)
     engine = engine_for(model, max_model_len=max(map(len, encoded)) + max_new_tokens, seed=seed or 0, where=where)
     ids, _ = engine.sample(encoded, max_new_tokens=max_new_tokens, stop=stop, greedy=greedy,

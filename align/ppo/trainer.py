@@ -244,10 +244,11 @@ class PPOTrainer:
             value_model.requires_grad_(True)
 
         # prompts: TRL's prompt-only formats, tokenised once (conversational -> chat template + generation prompt)
-        self.train_rows, self.train_ids = self._prompts(train_dataset, "train_dataset")
+        self.train_rows, self.train_ids, self.train_columns = self._prompts(train_dataset, "train_dataset")
         evals = eval_dataset if eval_dataset is not None else train_dataset
-        rows, ids = self._prompts(evals.select(range(min(args.eval_prompts, len(evals)))), "eval_dataset")
-        self.eval_rows, self.eval_ids = rows[self.accelerator.process_index::world], ids[self.accelerator.process_index::world]
+        rows, ids, columns = self._prompts(evals.select(range(min(args.eval_prompts, len(evals)))), "eval_dataset")
+        mine = slice(self.accelerator.process_index, None, world)
+        self.eval_rows, self.eval_ids, self.eval_columns = rows[mine], ids[mine], columns[mine]
         self.episodes_per_step = args.rollout_batch_size * world
         max_steps = args.max_steps if args.max_steps > 0 else \
             math.ceil(args.num_train_epochs * len(self.train_ids) / self.episodes_per_step)
@@ -309,15 +310,24 @@ class PPOTrainer:
             state.eval_steps = 0
         return state
 
-    def _prompts(self, dataset, where: str) -> tuple[list, list[list[int]]]:
+    def _prompts(self, dataset, where: str) -> tuple[list, list[list[int]], list[dict]]:
+        """(prompts, their token ids, each row's other columns: what reward functions get as keywords)."""
         if "prompt" not in dataset.column_names:
             raise ValueError(f"{where}: PPO needs prompt-only data with a 'prompt' column (a string, or a list of "
                              f"messages); the columns are {dataset.column_names}")
+        from align.chat_templates import row_options
+
         rows = list(dataset["prompt"])
-        ids = [prompt_ids(self.tokenizer, p, chat=self.chat) for p in rows]  # the encoding every stage shares
+        options = [row_options(row) for row in dataset.select_columns(
+            [c for c in ("tools", "chat_template_kwargs") if c in dataset.column_names]).to_list()] \
+            if {"tools", "chat_template_kwargs"} & set(dataset.column_names) else [None] * len(rows)
+        ids = [prompt_ids(self.tokenizer, p, chat=self.chat, options=o)  # the encoding every stage shares
+               for p, o in zip(rows, options)]
         if self.args.max_prompt_length:
             ids = [x[-self.args.max_prompt_length:] for x in ids]
-        return rows, ids
+        others = dataset.remove_columns("prompt")
+        columns = others.to_list() if others.column_names else [{} for _ in rows]
+        return rows, ids, columns
 
     def prompt_indices(self, iteration: int) -> list[int]:
         """This process's prompts for ``iteration``: consecutive slices of per-epoch seeded permutations."""
@@ -430,17 +440,30 @@ class PPOTrainer:
             values[row, :len(lp)] = torch.tensor(lp, dtype=torch.float)
         return tokens.to(device), values.to(device)
 
-    def score(self, rows: list, texts: list[str]) -> torch.Tensor:
-        """Weighted sum of the reward model's score and each reward function's, per response."""
+    def score(self, rows: list, texts: list[str], columns: list[dict] | None = None,
+              completion_ids: list[list[int]] | None = None) -> torch.Tensor:
+        """Weighted sum of the reward model's score and each reward function's, per response. Reward functions are
+        called as TRL's GRPOTrainer calls them: ``f(prompts=, completions=, completion_ids=, trainer_state=,
+        **columns)`` (the dataset's other columns, e.g. a ground-truth answer), each keyword only if the function
+        takes it. Completions are the decoded text: a function that reads TRL's message lists (``trl.rewards``)
+        goes in through a recipe judge (``FunctionJudge``), which passes them in that shape."""
+        from align.functions import accepted_keywords, columns_of
+
         outputs = []
         if self.judge is not None:
             with self.reward_model_context():
                 outputs.append(self.judge.score(rows, texts))
-        outputs += [f(rows, texts) for f in self.reward_funcs]
+        keywords = {"completion_ids": completion_ids, "trainer_state": self.state, **columns_of(columns or [])}
+        outputs += [f(rows, texts, **accepted_keywords(f, keywords)) for f in self.reward_funcs]
         total = torch.zeros(len(texts))
         for weight, values in zip(self.reward_weights, outputs):
             total += weight * torch.tensor([float(v) for v in values])
         return total.to(self.accelerator.device)
+
+    @staticmethod
+    def response_ids(batch: dict) -> list[list[int]]:
+        """Each sampled response's tokens, padding dropped (TRL's ``completion_ids``)."""
+        return [row[mask.bool()].tolist() for row, mask in zip(batch["responses"], batch["mask"])]
 
     # ------------------------------------------------------------------ one PPO iteration
     def iteration(self) -> dict:
@@ -451,7 +474,8 @@ class PPOTrainer:
         batch = self.rollout([self.train_ids[i] for i in indices])
         generated = time.time()
         texts = self.tokenizer.batch_decode(batch["responses"], skip_special_tokens=True)
-        raw_scores = self.score([self.train_rows[i] for i in indices], texts)
+        raw_scores = self.score([self.train_rows[i] for i in indices], texts, [self.train_columns[i] for i in indices],
+                                self.response_ids(batch))
         has_eos = (core.is_stop_token(batch["responses"], self.stop_ids) & batch["mask"].bool()).any(1)
         scores = core.shape_scores(raw_scores, has_eos, scale=args.reward_scale, shift=args.reward_shift,
                                    missing_eos_penalty=args.missing_eos_penalty, clip=args.reward_clip)
@@ -578,7 +602,8 @@ class PPOTrainer:
             for i in range(0, len(self.eval_ids), self.args.per_device_eval_batch_size):
                 chunk = slice(i, i + self.args.per_device_eval_batch_size)
                 batch = self.rollout(self.eval_ids[chunk], values=False)
-                scores = self.score(self.eval_rows[chunk], self.tokenizer.batch_decode(batch["responses"], skip_special_tokens=True))
+                scores = self.score(self.eval_rows[chunk], self.tokenizer.batch_decode(batch["responses"], skip_special_tokens=True),
+                                    self.eval_columns[chunk], self.response_ids(batch))
                 kl = ((batch["logprobs"] - batch["ref_logprobs"]) * batch["mask"]).sum(1)
                 totals += torch.stack([scores.sum(), kl.sum(), torch.tensor(float(len(kl)), device=kl.device)])
         score, kl, count = self.accelerator.reduce(totals, reduction="sum").tolist()

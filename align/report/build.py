@@ -57,7 +57,9 @@ def sampling_text(policies: list[Policy]) -> str:
 def results_blocks(policies: list[Policy], judges: list[str], metrics: dict) -> list:
     """The numbers table and what its columns mean."""
     blocks = [Table(*policy_table(policies, judges, metrics["reference"])),
-              Text(f"Scores: mean over prompts (sd = spread over prompts). Win rate under the {metrics['primary_judge']} "
+              Text(f"Scores: mean over prompts (sd = spread over prompts); after it, the difference from "
+                   f"{metrics['reference']} on the same prompts with a paired sign-flip 95 % interval (* when it "
+                   f"excludes 0). Win rate under the {metrics['primary_judge']} "
                    f"judge, ties count half, bootstrap 95 % interval. KL estimator: {metrics.get('kl_estimator') or 'not recorded'}. "
                    "Perplexity and bits per byte on held-out text (bits per byte compare across tokenizers).")]
     notes = [f"{p.name}: {p.metrics['kl_note']}" for p in policies if p.metrics.get("kl") is None and p.metrics.get("kl_note")]

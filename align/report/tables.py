@@ -12,9 +12,16 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def score_cell(metrics: dict, judge: str) -> str:
+    """Mean score (sd), then the paired difference from the reference with its 95 % interval when evaluate gave one
+    (for a verifier scoring 0/1: the accuracy and its gain)."""
     mean = (metrics.get("scores") or {}).get(judge)
     std = (metrics.get("score_std") or {}).get(judge)
-    return fmt(mean) + (f" (sd {std:.2f})" if mean is not None and std is not None else "")
+    cell = fmt(mean) + (f" (sd {std:.2f})" if mean is not None and std is not None else "")
+    paired = (metrics.get("score_vs_reference") or {}).get(judge)
+    if paired and paired.get("difference") is not None:
+        cell += (f"; {paired['difference']:+.3f} [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}]"
+                 f"{' *' if paired.get('significant') else ''}")
+    return cell
 
 
 def win_rate_cell(win: dict | None) -> str:
@@ -27,7 +34,8 @@ def win_rate_cell(win: dict | None) -> str:
 
 
 def policy_table(policies: list[Policy], judges: list[str], reference: str) -> tuple[list[str], list[list[str]]]:
-    """Every policy's numbers: score per judge (primary first), win rate with its 95 % interval, KL, length, perplexity."""
+    """Every policy's numbers: score per judge (primary first; with the paired difference from the reference and its
+    95 % interval, * when it excludes 0), win rate with its 95 % interval, KL, length, perplexity."""
     extra = list(dict.fromkeys(k for p in policies for k in (p.metrics.get("extra_metrics") or {})))
     headers = ["policy", "kind", *[f"{j} score" + (" (primary)" if i == 0 else "") for i, j in enumerate(judges)],
                f"win rate vs {reference} [95 % CI]", "KL k1", "KL k3", "length (tokens)", "perplexity", "bits/byte",

@@ -7,7 +7,8 @@ same weights with the adapter disabled, so no second copy sits in memory.
 from __future__ import annotations
 
 from align.models import fp32_adapters_without_autocast
-from align.stages.training import DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import (DEFAULT_LORA, MODEL_KEYS, conversation_template, load_for_training, lora_config,
+                                   with_template_kwargs)
 from align.stages import training
 
 REQUIRED = ("model", "dataset")
@@ -43,8 +44,9 @@ def run(ctx) -> dict:
     model, tokenizer = load_for_training(ctx)
     formats = EXPECTED["dataset"]
     train = ctx.dataset("dataset", expected=formats, tokenizer=tokenizer)
-    conversation_template(ctx, tokenizer, train)
+    train = conversation_template(ctx, tokenizer, train)
     evals = ctx.dataset("eval_dataset", expected=formats, tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
+    evals = with_template_kwargs(evals, tokenizer)
     args = ctx.config(config_class(), beta=0.1, learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.05,
                       num_train_epochs=1, per_device_train_batch_size=16, max_length=256,
                       # One reference pass instead of one per epoch (same loss, 14 % faster at 2 epochs). One process

@@ -3,7 +3,9 @@
 Per policy: mean score under each judge, KL(pi || pi_ref) to the reference policy estimated from
 the policy's own samples, response length, perplexity and bits per byte on held-out text, and the
 win rate against the reference under the primary judge (ties count half) with a bootstrap 95 %
-interval; plus a pairwise win-rate matrix. Writes ``metrics.json`` and ``samples.jsonl``.
+interval; per judge, the mean score's difference from the reference on the same prompts with a paired
+sign-flip interval (``score_vs_reference``: for a verifier judge scoring 0/1, the accuracy gain); plus a
+pairwise win-rate matrix. Writes ``metrics.json`` and ``samples.jsonl``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import statistics
 from pathlib import Path
 
 from align.errors import AlignError, suggest
+from align.chat_templates import row_options
+from align.functions import columns_of
 
 REQUIRED = ("policies", "prompts", "judges")
 DATASET_KEYS = ("prompts", "heldout")
@@ -38,6 +42,8 @@ KEYS = {
     "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "the template prompts are rendered with: a TRL-shipped name, default, or a .jinja file "
                      "(default: each policy's own; align's default for a model without one)",
+    "chat_template_kwargs": "template variables for rendering prompts, e.g. {enable_thinking: false} (default: those "
+                            "the model's tokenizer was saved with); a dataset's own override them row by row",
 }
 TYPES = {"limit": int, "n_bootstrap": int, "chat": bool, "reference": str, "length_anchors": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32,
@@ -97,7 +103,7 @@ def load_policy_tokenizer(ctx, path):
     tokenizer = load_tokenizer(path)
     if ctx.spec.get("chat", True):
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
-                              context_check=ctx.spec.get("context_check"))
+                              context_check=ctx.spec.get("context_check"), kwargs=ctx.spec.get("chat_template_kwargs"))
     return tokenizer
 
 
@@ -112,7 +118,7 @@ def policy_kind(path) -> str | None:
     return marker.get("kind") if marker else None
 
 
-def length_anchor(ctx, model, tokenizer, prompts, records, judge, generation, chat) -> dict:
+def length_anchor(ctx, model, tokenizer, rows, records, judge, generation, chat) -> dict:
     """A second sample of the policy on every prompt, judged against its first: the same policy on both
     sides, so its true win rate at equal length is 0.5 and any pull of the outcome comes from length.
     These rows let the length-controlled win rate tell the judge's length preference from quality."""
@@ -122,19 +128,22 @@ def length_anchor(ctx, model, tokenizer, prompts, records, judge, generation, ch
     offset = 1_000_003  # other sampling seeds than the first sample's batches
 
     def second(batch_index: int, chunk: list) -> list[dict]:
-        responses, sampled = generate(model, tokenizer, chunk, seed=ctx.seed + offset + batch_index, chat=chat,
-                                      return_ids=True, **decoding)
+        responses, sampled = generate(model, tokenizer, [row["prompt"] for row in chunk], seed=ctx.seed + offset + batch_index,
+                                      chat=chat, return_ids=True, options=[row_options(row) for row in chunk], **decoding)
         return [{"response": r, "tokens": len(ids[1])} for r, ids in zip(responses, sampled)]
 
-    again = ctx.map_batches(second, prompts, generation["batch_size"])
-    outcomes = judge.compare(list(prompts), [r["response"] for r in records], [r["response"] for r in again])
+    prompts = [row["prompt"] for row in rows]
+    again = ctx.map_batches(second, rows, generation["batch_size"])
+    outcomes = judge.compare(prompts, [r["response"] for r in records], [r["response"] for r in again],
+                             **columns_of(rows))
     return {"outcomes": [float(o) for o in outcomes], "tokens_first": [r["response_tokens"] for r in records],
             "tokens_second": [r["tokens"] for r in again]}
 
 
-def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout_texts, modules,
+def evaluate_policy(ctx, name, path, rows, judges, reference, generation, heldout_texts, modules,
                     anchor_judge=None) -> tuple[dict, list[dict]]:
-    """Generate, judge and measure one policy; returns its held-out numbers and per-prompt records.
+    """Generate, judge and measure one policy; returns its held-out numbers and per-prompt records. ``rows``: the
+    prompts dataset's rows; judges get their other columns (a ground-truth answer) as keywords.
     ``modules``: the loaded ``evaluate`` modules, ``{"perplexity": module or None, "extra": [(name, module, args)]}``.
     ``anchor_judge``: judge a second sample against the first (``length_anchor``).
 
@@ -157,10 +166,12 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
         note_ignored_settings(model, f"{ctx.where('policies')}.{name}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def measure(batch_index: int, chunk: list) -> list[dict]:
+    def measure(batch_index: int, rows: list) -> list[dict]:
+        chunk = [row["prompt"] for row in rows]
         responses, sampled = generate(model, tokenizer, chunk, seed=ctx.seed + batch_index, chat=chat,
-                                      return_ids=True, **decoding)
-        scores = {judge_name: judge.score(chunk, responses) for judge_name, judge in judges.items()}
+                                      return_ids=True, options=[row_options(row) for row in rows], **decoding)
+        columns = {**columns_of(rows), "completion_ids": [ids for _, ids in sampled]}  # a ground truth, for a verifier
+        scores = {judge_name: judge.score(chunk, responses, **columns) for judge_name, judge in judges.items()}
         kl = kl_from_ids(model, ref_model, sampled, pad_id=pad_id) if comparable else None
         return [{"policy": name, "prompt": prompt, "response": response,
                  "scores": {j: s[i] for j, s in scores.items()},
@@ -168,11 +179,11 @@ def evaluate_policy(ctx, name, path, prompts, judges, reference, generation, hel
                  "response_tokens": len(sampled[i][1])}
                 for i, (prompt, response) in enumerate(zip(chunk, responses))]
 
-    records = ctx.map_batches(measure, prompts, generation["batch_size"])
+    records = ctx.map_batches(measure, rows, generation["batch_size"])
     for i, record in enumerate(records):
         record["prompt_id"] = i
     if anchor_judge is not None:
-        extra["length_anchor"] = length_anchor(ctx, model, tokenizer, prompts, records, anchor_judge, generation, chat)
+        extra["length_anchor"] = length_anchor(ctx, model, tokenizer, rows, records, anchor_judge, generation, chat)
     if heldout_texts:
         ppl = modules["perplexity"].compute(predictions=heldout_texts, model=model, tokenizer=tokenizer)
         extra.update(perplexity=ppl["mean_perplexity"], bits_per_byte=ppl["bits_per_byte"])
@@ -257,6 +268,7 @@ def log_to_trackers(ctx, metrics: dict) -> None:
 
 
 def run(ctx) -> dict:
+    from align.eval.compare_stats import paired_difference
     from align.eval.judge_factory import build_judge
     from align.models import load_causal_lm
 
@@ -271,7 +283,8 @@ def run(ctx) -> dict:
     generation = ctx.options("generation", GENERATION_DEFAULTS)
     anchors = ctx.spec.get("length_anchors", True)  # its type is checked with the stage's TYPES
     prompts_ds = ctx.dataset("prompts", expected=EXPECTED["prompts"])
-    prompts = prompts_ds["prompt"][: int(ctx.spec.get("limit") or len(prompts_ds))]
+    rows = prompts_ds.select(range(min(int(ctx.spec.get("limit") or len(prompts_ds)), len(prompts_ds)))).to_list()
+    prompts = [row["prompt"] for row in rows]
     heldout = ctx.dataset("heldout", expected=EXPECTED["heldout"])["text"] if "heldout" in ctx.spec else None
 
     reference = (load_causal_lm(policies[reference_name]), load_policy_tokenizer(ctx, policies[reference_name]))
@@ -279,7 +292,7 @@ def run(ctx) -> dict:
     for name, path in policies.items():
         if ctx.is_main_process:
             print(f"{ctx.name}: {name} ({path}) on {len(prompts)} prompts")
-        extra, by_policy[name] = evaluate_policy(ctx, name, path, prompts, judges, reference, generation, heldout,
+        extra, by_policy[name] = evaluate_policy(ctx, name, path, rows, judges, reference, generation, heldout,
                                                  modules, judges[primary] if anchors else None)
         results[name] = {"path": str(path), "kind": policy_kind(path), **extra}
     records = [r for i in range(len(prompts)) for r in (by_policy[name][i] for name in policies)]
@@ -293,7 +306,7 @@ def run(ctx) -> dict:
 
     def outcomes(a: str, b: str) -> list[float]:
         return judge.compare([r["prompt"] for r in by_policy[a]], [r["response"] for r in by_policy[a]],
-                             [r["response"] for r in by_policy[b]])
+                             [r["response"] for r in by_policy[b]], **columns_of(rows))
 
     if ctx.spec.get("benchmarks") is not None and ctx.is_main_process:
         from align.eval.benchmarks import options, run_benchmarks
@@ -311,6 +324,11 @@ def run(ctx) -> dict:
                  for b in names] for a in names]
     for name in names:
         results[name].update(summarise(by_policy[name], judge_names))
+        if name != reference_name:  # per judge: mean score minus the reference's on the same prompts, with its interval
+            results[name]["score_vs_reference"] = {
+                j: paired_difference([r["scores"][j] for r in by_policy[name]],
+                                     [r["scores"][j] for r in by_policy[reference_name]], n_flips=n_bootstrap,
+                                     seed=ctx.seed) for j in judge_names}
         results[name]["win_rate"] = {"vs": reference_name, "judge": primary,
                                      **win_rate(judged[name, reference_name], n_bootstrap=n_bootstrap, seed=ctx.seed)}
     metrics = {"reference": reference_name, "primary_judge": primary, "kl_estimator": KL_ESTIMATOR,

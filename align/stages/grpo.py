@@ -47,18 +47,37 @@ def completion_text(completion) -> str:
 
 
 def reward_functions(ctx) -> list:
+    """The stage's judges as reward functions with TRL's signature. TRL passes every dataset column (a ground-truth
+    answer ...) and ``trainer_state`` / ``log_extra`` / ``log_metric`` as keywords; they reach the judge, and a
+    function judge hands each to its function if it takes it."""
     from align.eval.judge_factory import build_judge
 
     funcs = []
     for name in ctx.stage.judges:
         judge = build_judge(name, ctx.recipe.judges[name])
 
-        def reward(prompts, completions, _judge=judge, **_):
-            return _judge.score(prompts, [completion_text(c) for c in completions])
+        def reward(prompts, completions, completion_ids=None, _judge=judge, **columns):
+            return _judge.score(prompts, [completion_text(c) for c in completions], completion_ids=completion_ids,
+                                **columns)
 
         reward.__name__ = name  # TRL logs rewards/<name>/mean
         funcs.append(reward)
     return funcs
+
+
+def sampling_kwargs(ctx, tokenizer, train) -> dict | None:
+    """GRPO and RLOO render every prompt with one ``args.chat_template_kwargs`` (no per-row column): the stage's and
+    the dataset's, which must then be the same for every row."""
+    from align.chat_templates import KWARGS_KEY, template_kwargs
+
+    kwargs = template_kwargs(tokenizer)
+    if KWARGS_KEY in train.column_names:
+        rows = {repr(sorted((k, v) for k, v in (r or {}).items() if v is not None)) for r in train[KWARGS_KEY]}
+        if len(rows) > 1:
+            raise AlignError(f"{ctx.where('dataset')}: rows have different chat_template_kwargs, but "
+                             f"{ctx.stage.kind} renders every prompt with one setting (args.chat_template_kwargs).")
+        kwargs = {**kwargs, **{k: v for k, v in (train[0][KWARGS_KEY] or {}).items() if v is not None}}
+    return kwargs or None
 
 
 def run_online(ctx, trainer_class, config, **defaults) -> dict:
@@ -83,10 +102,11 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
         note_ignored_settings(model, ctx.name)
     shipped, model.generation_config = model.generation_config, neutral_generation_config(model)
     train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
-    conversation_template(ctx, tokenizer, train)
+    train = conversation_template(ctx, tokenizer, train)
     args = ctx.config(config, learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8,
                       num_generations=4, max_completion_length=48, temperature=1.0, beta=0.05,
-                      max_steps=20, logging_steps=1, **defaults)
+                      max_steps=20, logging_steps=1, chat_template_kwargs=sampling_kwargs(ctx, tokenizer, train),
+                      **defaults)
     if args.beta == 0:
         print(f"{ctx.name}: beta is 0, so nothing keeps the policy near the SFT model (no KL term).")
     try:

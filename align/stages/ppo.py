@@ -37,6 +37,8 @@ KEYS = {
     "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
     "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own)",
+    "chat_template_kwargs": "template variables for rendering prompts, e.g. {enable_thinking: false} (default: those "
+                            "the model's tokenizer was saved with); a dataset's own override them row by row",
     "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
     "generation": "backend: transformers (default) or vllm (a colocated engine given the policy's weights every "
                   "iteration; sets args.use_vllm); decoding itself is args.max_new_tokens and args.temperature",
@@ -83,7 +85,7 @@ def run(ctx) -> dict:
     chat = bool(ctx.spec.get("chat", True))
     if chat:
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
-                              context_check=ctx.spec.get("context_check"))
+                              context_check=ctx.spec.get("context_check"), kwargs=ctx.spec.get("chat_template_kwargs"))
     train = ctx.dataset("dataset", expected=EXPECTED["dataset"], tokenizer=tokenizer)
     evals = ctx.dataset("eval_dataset", expected=EXPECTED["eval_dataset"], tokenizer=tokenizer) if "eval_dataset" in ctx.spec else None
     # the reward model keeps its own tokenizer and template: it may be of another family than the policy

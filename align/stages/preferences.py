@@ -31,6 +31,8 @@ KEYS = {
     "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
     "chat_template": "a TRL-shipped template name, default, or a .jinja file (default: the policy's own; align's "
                      "default for a model without one)",
+    "chat_template_kwargs": "template variables for rendering prompts, e.g. {enable_thinking: false} (default: those "
+                            "the model's tokenizer was saved with); a dataset's own override them row by row",
 }
 TYPES = {"samples_per_prompt": int, "min_score_gap": float, "limit": int, "chat": bool}
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32,
@@ -39,15 +41,17 @@ GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "
 # what align validate says of its model: the context check
 model_findings = training.model_findings
 
-def form_pairs(prompts: list, responses: list[list[str]], scores: list[list[float]], min_score_gap: float = 0.0) -> list[dict]:
+def form_pairs(prompts: list, responses: list[list[str]], scores: list[list[float]], min_score_gap: float = 0.0,
+               extras: list[dict] | None = None) -> list[dict]:
     """For each prompt, the highest- and lowest-scored of its K responses, if they really differ.
 
     Ties on score (gap <= min_score_gap) or identical texts give no pair: a pair whose two sides
     are equally good teaches the reward model and DPO nothing but noise. Empty responses are left
-    out: TRL's formats (and align's row checks) need non-empty turns.
+    out: TRL's formats (and align's row checks) need non-empty turns. ``extras``: per prompt, columns the pair
+    keeps (its ``tools`` and ``chat_template_kwargs``, which DPO and the reward model render it with).
     """
     pairs = []
-    for prompt, texts, values in zip(prompts, responses, scores):
+    for prompt, texts, values, extra in zip(prompts, responses, scores, extras or [{}] * len(prompts)):
         candidates = [i for i, text in enumerate(texts) if text.strip()]
         if len(candidates) < 2:
             continue
@@ -56,7 +60,7 @@ def form_pairs(prompts: list, responses: list[list[str]], scores: list[list[floa
         if values[best] - values[worst] <= min_score_gap or texts[best].strip() == texts[worst].strip():
             continue
         pairs.append({"prompt": prompt, "chosen": texts[best], "rejected": texts[worst],
-                      "chosen_score": float(values[best]), "rejected_score": float(values[worst])})
+                      "chosen_score": float(values[best]), "rejected_score": float(values[worst]), **extra})
     return pairs
 
 
@@ -86,10 +90,11 @@ def run(ctx) -> dict:
     import datasets
 
     from align.data import write_data_card
-    from align.chat_templates import prepare_chat_template
+    from align.chat_templates import prepare_chat_template, row_options
     from align.eval.generation import note_ignored_settings
     from align.eval.sampling import sampler
     from align.eval.judge_factory import build_judge
+    from align.functions import columns_of
     from align.models import load_causal_lm, load_tokenizer
 
     k = int(ctx.spec.get("samples_per_prompt", 4))
@@ -107,20 +112,22 @@ def run(ctx) -> dict:
     chat = bool(ctx.spec.get("chat", True))
     if chat:
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
-                              context_check=ctx.spec.get("context_check"))
+                              context_check=ctx.spec.get("context_check"), kwargs=ctx.spec.get("chat_template_kwargs"))
     if ctx.is_main_process:
         note_ignored_settings(model, ctx.where("policy"))
 
-    def sample(batch_index: int, chunk: list) -> list[tuple[list[str], list[float]]]:
-        repeated = [prompt for prompt in chunk for _ in range(k)]
-        texts = generate(model, tokenizer, repeated, seed=ctx.seed + batch_index, chat=chat, **decoding)
-        values = judge.score(repeated, texts)
+    def sample(batch_index: int, chunk: list[dict]) -> list[tuple[list[str], list[float]]]:
+        repeated = [row for row in chunk for _ in range(k)]
+        texts = generate(model, tokenizer, [row["prompt"] for row in repeated], seed=ctx.seed + batch_index, chat=chat,
+                         options=[row_options(row) for row in repeated], **decoding)
+        values = judge.score([row["prompt"] for row in repeated], texts, **columns_of(repeated))  # e.g. an answer
         return [(texts[j * k:(j + 1) * k], values[j * k:(j + 1) * k]) for j in range(len(chunk))]
 
     # Whole generation batches go to each process; results come back in prompt order on every process.
-    sampled = ctx.map_batches(sample, prompts, max(1, gen["batch_size"] // k))
+    sampled = ctx.map_batches(sample, ds.to_list(), max(1, gen["batch_size"] // k))
+    kept = [c for c in ("tools", "chat_template_kwargs") if c in ds.column_names]
     pairs = form_pairs(prompts, [texts for texts, _ in sampled], [values for _, values in sampled],
-                       float(ctx.spec.get("min_score_gap", 0.0)))
+                       float(ctx.spec.get("min_score_gap", 0.0)), extras=[{c: row[c] for c in kept} for row in ds])
     if not pairs:
         raise AlignError(f"stages.{ctx.name}: the judge gave every response to every prompt the same score, so no "
                          f"preference pair was formed. Sample more per prompt, raise the temperature, or check the judge.")

@@ -149,7 +149,7 @@ def run(ctx) -> dict:
     if problems:
         raise AlignError("\n".join(problems))
     if isinstance(model_spec, str):
-        model = load_causal_lm(model_spec, field=ctx.where("model"))
+        model = load_causal_lm(model_spec, field=ctx.where("model"), training=True)  # float32 master weights
     else:
         model = build_model(model_spec, tokenizer, seed=ctx.seed, field=ctx.where("model"))
     n_params = count_parameters(model)

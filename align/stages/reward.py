@@ -10,7 +10,7 @@ from functools import partial
 
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast, load_sequence_classifier, merge_lora
-from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config, with_template_kwargs
 from align.stages import training
 
 REQUIRED = ("model", "dataset")
@@ -46,9 +46,10 @@ def run(ctx) -> dict:
 
     model, tokenizer = load_for_training(ctx, classifier=CLASSIFIER)
     train = ctx.dataset("dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
-    conversation_template(ctx, tokenizer, train)
+    train = conversation_template(ctx, tokenizer, train)
     if "eval_dataset" in ctx.spec:
-        evals = ctx.dataset("eval_dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer)
+        evals = with_template_kwargs(ctx.dataset("eval_dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer),
+                                     tokenizer)
     else:
         split = train.train_test_split(test_size=float(ctx.spec.get("eval_fraction", 0.1)), seed=ctx.seed)
         train, evals = split["train"], split["test"]

@@ -11,7 +11,7 @@ from functools import partial
 
 from align.errors import AlignError
 from align.models import fp32_adapters_without_autocast, load_causal_lm, merge_lora, restore_shipped_config
-from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config
+from align.stages.training import MODEL_KEYS, conversation_template, load_for_training, lora_config, with_template_kwargs
 from align.stages.training import model_findings  # noqa: F401 -- declared: what align validate says of its model
 
 REQUIRED = ("model", "dataset")
@@ -33,6 +33,7 @@ KEYS = {
                          "open a think block to sample but strip it from trained replies, e.g. DeepSeek-R1's)",
 }
 TYPES = {"merge": bool}
+KEPT_COLUMNS = ("tools", "chat_template_kwargs")  # per-row rendering options TRL reads
 log = logging.getLogger("align")
 
 
@@ -44,7 +45,9 @@ def config_class():
 
 def last_turn_as_completion(ds, where: str):
     """messages -> prompt (every turn before the last) + completion (the last, an assistant turn). TRL's
-    completion-only loss then trains exactly the final reply, whatever the template, with no generation markers."""
+    completion-only loss then trains exactly the final reply, whatever the template, with no generation markers.
+    Earlier turns (tool calls and tool results included) are context only. ``tools`` and ``chat_template_kwargs``
+    columns are kept: TRL renders each row with them."""
     def split(row, index):
         messages = row["messages"]
         if not messages or messages[-1]["role"] != "assistant" or len(messages) < 2:
@@ -52,7 +55,7 @@ def last_turn_as_completion(ds, where: str):
                              f"completion to train on.")
         return {"prompt": messages[:-1], "completion": messages[-1:]}
 
-    return ds.map(split, with_indices=True, remove_columns=ds.column_names)
+    return ds.map(split, with_indices=True, remove_columns=[c for c in ds.column_names if c not in KEPT_COLUMNS])
 
 
 def prepare_conversations(ctx, tokenizer, train, evals):
@@ -64,7 +67,8 @@ def prepare_conversations(ctx, tokenizer, train, evals):
 
     prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
                           context_check=ctx.spec.get("context_check"), row=train[0] if len(train) else None,
-                          generation_prompt=ctx.spec.get("generation_prompt"))
+                          generation_prompt=ctx.spec.get("generation_prompt"), kwargs=ctx.spec.get("chat_template_kwargs"))
+    train, evals = with_template_kwargs(train, tokenizer), with_template_kwargs(evals, tokenizer)
     user_args = ctx.spec.get("args") or {}
     if not user_args.get("assistant_only_loss", True) or assistant_only_template(tokenizer) is not None:
         return train, evals, {"assistant_only_loss": bool(user_args.get("assistant_only_loss", True))}
@@ -93,7 +97,8 @@ def run(ctx) -> dict:
     if "messages" in train.column_names:
         train, evals, loss = prepare_conversations(ctx, tokenizer, train, evals)
     else:
-        conversation_template(ctx, tokenizer, train, generation_prompt=ctx.spec.get("generation_prompt"))
+        train = conversation_template(ctx, tokenizer, train, generation_prompt=ctx.spec.get("generation_prompt"))
+        evals = with_template_kwargs(evals, tokenizer)
     args = ctx.config(
         config_class(),
         learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, num_train_epochs=1,

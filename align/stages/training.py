@@ -14,6 +14,9 @@ MODEL_KEYS = {  # spec keys shared by every stage that trains a model
                      "rendered conversation), logged once",
     "dtype": "weights while training: float32 (default: master weights, bf16 autocast where the GPU has it), "
              "bfloat16, float16 or auto (the checkpoint's)",
+    "chat_template_kwargs": "template variables for every rendering of a conversation, e.g. {enable_thinking: false} "
+                            "(Qwen3); saved with the tokenizer, so later stages inherit them; a dataset's own "
+                            "chat_template_kwargs override them row by row",
 }
 MERGE_KEY = ("also save the LoRA adapter merged into its full-precision base under merged/ (default false), which "
              "later stages and align export then load; nothing to merge after full fine-tuning")
@@ -51,9 +54,10 @@ def load_for_training(ctx, key: str = "model", *, classifier: bool = False):
                                     dtype=ctx.spec.get("dtype"))
 
 
-def conversation_template(ctx, tokenizer, ds, *, generation_prompt=None) -> None:
-    """Conversational data is rendered with the recipe's ``chat_template:``, the model's own, or align's default;
-    the context check runs on its first conversation."""
+def conversation_template(ctx, tokenizer, ds, *, generation_prompt=None):
+    """Conversational data is rendered with the recipe's ``chat_template:``, the model's own, or align's default,
+    and the stage's ``chat_template_kwargs``; the context check runs on its first conversation. Returns ``ds`` as the
+    trainer must get it (``with_template_kwargs``)."""
     from trl.data_utils import is_conversational
 
     from align.chat_templates import prepare_chat_template
@@ -61,7 +65,24 @@ def conversation_template(ctx, tokenizer, ds, *, generation_prompt=None) -> None
     if len(ds) and is_conversational(ds[0]):
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
                               context_check=ctx.spec.get("context_check"), row=ds[0],
-                              generation_prompt=generation_prompt)
+                              generation_prompt=generation_prompt, kwargs=ctx.spec.get("chat_template_kwargs"))
+        return with_template_kwargs(ds, tokenizer)
+    return ds
+
+
+def with_template_kwargs(ds, tokenizer):
+    """``ds`` with the tokenizer's ``chat_template_kwargs`` in its per-row ``chat_template_kwargs`` column, under each
+    row's own: TRL's SFT, DPO and reward trainers render a row with exactly that column (they call the template
+    themselves, so the tokenizer's defaults would not reach them otherwise)."""
+    from align.chat_templates import KWARGS_KEY, template_kwargs
+
+    kwargs = template_kwargs(tokenizer)
+    if ds is None or not kwargs:
+        return ds
+    if KWARGS_KEY not in ds.column_names:
+        return ds.add_column(KWARGS_KEY, [kwargs] * len(ds))
+    return ds.map(lambda row: {KWARGS_KEY: {**kwargs, **{k: v for k, v in (row[KWARGS_KEY] or {}).items()
+                                                          if v is not None}}})
 
 
 def save_merged(ctx, tokenizer) -> None:
@@ -102,7 +123,7 @@ def model_findings(spec: dict, key: str, path: str, where: str, *, classifier_ke
 
 def training_problems(spec: dict, where: str, *, keys, classifier: bool) -> list[str]:
     """The training keys a stage takes (``lora``, ``value_lora``, ``quantization``, ``dtype``, ``chat_template``,
-    ``context_check``, ``generation_prompt``),
+    ``chat_template_kwargs``, ``context_check``, ``generation_prompt``),
     checked as loading them would check them, without loading a model."""
     from align.fields import field_problems
 
@@ -138,6 +159,11 @@ def training_problems(spec: dict, where: str, *, keys, classifier: bool) -> list
         if spec["context_check"] not in CONTEXT_CHECK:
             problems.append(f"{where}.context_check: expected one of {', '.join(CONTEXT_CHECK)}; "
                             f"got {spec['context_check']!r}.")
+    if "chat_template_kwargs" in keys and spec.get("chat_template_kwargs") is not None:
+        from align.chat_templates import kwargs_problem
+
+        problem = kwargs_problem(spec["chat_template_kwargs"], f"{where}.chat_template_kwargs")
+        problems += [problem] if problem else []
     if "generation_prompt" in keys and spec.get("generation_prompt") is not None:
         from align.chat_templates import GENERATION_PROMPTS
 

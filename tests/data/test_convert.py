@@ -115,12 +115,42 @@ def test_sharegpt_after_rename(tmp_path):
     assert load_dataset(spec, name="sg")["messages"] == [[user("Hi"), bot("Hello!")]]
 
 
+def test_sharegpt_function_call_and_observation_become_a_tool_call_and_a_tool_message(tmp_path):
+    """LLaMA-Factory's tool format: function_call / observation turns, a tools column of bare function schemas (JSON
+    text) and a system column."""
+    weather = {"name": "weather", "description": "Weather in a city",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    rows = [{"conversations": [{"from": "human", "value": "Weather in Paris?"},
+                               {"from": "function_call", "value": json.dumps({"name": "weather", "arguments": {"city": "Paris"}})},
+                               {"from": "observation", "value": '{"temp": 21}'},
+                               {"from": "gpt", "value": "21 degrees."}],
+             "system": "Be brief.", "tools": json.dumps([weather])},
+            {"conversations": [{"from": "human", "value": "2+3?"},
+                               {"from": "function_call", "value": json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}})},
+                               {"from": "observation", "value": "5"}, {"from": "gpt", "value": "5."}],
+             "system": "", "tools": ""}]
+    data = load_dataset({"path": write_jsonl(tmp_path / "lf.jsonl", rows), "convert": "sharegpt"}, name="lf")
+    assert validate_dataset(data, name="lf", expected="conversational") == "conversational"
+    assert data[0]["messages"] == [
+        {"role": "system", "content": "Be brief."}, user("Weather in Paris?"),
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+            "name": "weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": '{"temp": 21}', "name": "weather"}, bot("21 degrees.")]
+    # each row keeps its own arguments (no {"city": null} added to the add call)
+    assert data[1]["messages"][1]["tool_calls"][0]["function"]["arguments"] == {"a": 2, "b": 3}
+    assert json.loads(data[0]["tools"]) == [{"type": "function", "function": weather}] and data[1]["tools"] is None
+    bad = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "function_call", "value": "not json"},
+                              {"from": "observation", "value": "5"}, {"from": "gpt", "value": "5."}]}]
+    with pytest.raises(AlignError, match=r"row 0, column 'conversations': convert: sharegpt function_call value is not JSON"):
+        load_dataset({"path": write_jsonl(tmp_path / "bad.jsonl", bad), "convert": "sharegpt"}, name="lf")
+
+
 GOOD_SG = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}
 
 
 @pytest.mark.parametrize("turns, message", [
     ([{"from": "human", "value": "Hi"}, {"from": "bing", "value": "Hello!"}],
-     r"turn 1 has from 'bing'; expected one of human, user, gpt, assistant, system"),
+     r"turn 1 has from 'bing'; expected one of human, user, gpt, assistant, system, function_call, observation, tool"),
     ([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}],
      r"expected \[system\] human, gpt, human, gpt ... ending with gpt, but after conversion message 1 \(assistant\) "
      r"has empty or non-string content"),

@@ -51,7 +51,7 @@ def test_drop_counts_per_reason_and_keeps_examples(tmp_path, caplog):
     report = ds.align_dropped
     assert (report.total, report.dropped) == (8, 5)
     assert report.counts == {
-        "column 'messages': a message has role 'bot'; roles are system, user, assistant": 2,
+        "column 'messages': a message has role 'bot'; roles are system, user, assistant, tool": 2,
         "column 'messages': a message (assistant) has empty or non-string content": 2,
         "column 'messages': the conversation must start with a user message (after an optional system message)": 1,
     }
@@ -67,7 +67,7 @@ def test_drop_is_written_in_the_data_card(tmp_path):
     text = write_data_card(ds, tmp_path, name="chat", spec=spec).read_text()
     assert "**Rows**: 3" in text
     assert "## Dropped rows" in text and "removed **5 of 8** rows (62.5%)" in text
-    assert "| column 'messages': a message has role 'bot'; roles are system, user, assistant | 2 |" in text
+    assert "| column 'messages': a message has role 'bot'; roles are system, user, assistant, tool | 2 |" in text
     assert "- row 1: column 'messages': a message has role 'bot'" in text and "- row 4:" in text
 
 

@@ -165,7 +165,7 @@ def test_bad_specs(tmp_path, monkeypatch, spec, message):
 
 def test_spec_keys_are_exported_for_the_recipe_validator():
     assert {"builtin", "path", "hub", "stage_dir", "split", "rename", "limit", "shuffle", "seed", "map",
-            "convert", "sample_by", "size", "config", "revision", "on_invalid_rows"} == DATASET_SPEC_KEYS
+            "convert", "sample_by", "size", "config", "revision", "on_invalid_rows", "chat_template_kwargs"} == DATASET_SPEC_KEYS
 
 
 def test_fingerprint_follows_what_would_be_loaded(tmp_path):
