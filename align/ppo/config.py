@@ -52,6 +52,14 @@ class PPOConfig(TrainingArguments):
     top_k: int = knob(0, "Must stay 0: top-k truncation would sample from a distribution PPO's log-probs (the full "
                          "softmax of logits/temperature) do not describe, biasing the ratio and the KL.")
     top_p: float = knob(1.0, "Must stay 1.0, for the same reason as top_k.")
+    use_vllm: bool = knob(False, "Sample rollouts with a vLLM engine in this process, given the policy's weights "
+                                 "(LoRA merged) before every rollout; the loss keeps the training model's log-probs. "
+                                 "The ppo stage sets it from generation.backend: vllm.")
+    vllm_importance_sampling_correction: bool = knob(
+        True, "With use_vllm: weight each token's policy loss by the truncated importance ratio "
+              "min(pi_train/pi_vllm, vllm_importance_sampling_clip_max) (TRL's token_truncate), which corrects for "
+              "the sampler's numerics differing from the training forward.")
+    vllm_importance_sampling_clip_max: float = knob(3.0, "Upper bound C of the truncated importance ratio (TRL's).")
 
     # --- optimisation
     num_mini_batches: int = knob(2, "Minibatches (optimizer steps) per pass over a rollout batch.")
@@ -136,6 +144,8 @@ class PPOConfig(TrainingArguments):
             problems.append(f"top_k={self.top_k} / top_p={self.top_p} truncate the sampling distribution, which PPO's "
                             f"log-probs (full softmax of logits/temperature) do not account for; leave top_k 0 and "
                             f"top_p 1.0 (temperature is accounted for)")
+        if self.vllm_importance_sampling_clip_max is not None and self.vllm_importance_sampling_clip_max <= 0:
+            problems.append("vllm_importance_sampling_clip_max must be positive")
         if self.max_new_tokens < 1:
             problems.append("max_new_tokens must be at least 1")
         if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon <= 0):

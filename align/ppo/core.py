@@ -212,9 +212,23 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token",
     raise ValueError(f"unknown loss aggregation {mode!r}; use token or sequence")
 
 
+def truncated_importance_weights(train_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                                 clip_max: float | None) -> torch.Tensor:
+    """Per-token truncated importance sampling (TIS; TRL's ``vllm_importance_sampling_mode="token_truncate"``):
+
+        w_t = min(exp(log pi_train(a_t) - log pi_sampler(a_t)), C)
+
+    where pi_sampler is the distribution the tokens were actually drawn from (vLLM's kernels) and pi_train the
+    training forward's. Padding, and tokens whose sampler log-prob is unknown (NaN), get weight 1."""
+    diff = torch.nan_to_num((train_logp - sampler_logp) * mask, nan=0.0)
+    weights = torch.exp(diff)
+    return torch.clamp(weights, max=clip_max) if clip_max is not None else weights
+
+
 def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 cliprange: float, aggregation: str = "token",
-                total: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                total: torch.Tensor | float | None = None,
+                is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clipped surrogate (Schulman et al. 2017), as a loss to minimise, aggregated over real tokens
     (``aggregate``; by default the mean over tokens):
 
@@ -224,12 +238,16 @@ def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     Returns ``(loss, clipfrac, approx_kl)``: ``clipfrac`` is the share of tokens where the clipped
     term is strictly the larger (the gradient is cut there); ``approx_kl = ½·mean (log ρ)²`` (the
     k2 estimator of KL(old || new), as TRL's PPO logged it). Both are plain token means.
+    ``is_weights`` (``truncated_importance_weights``) multiplies each token's loss, as TRL's GRPO does with vLLM.
     """
     log_ratio = new_logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = aggregate(torch.max(unclipped, clipped), mask, aggregation, total)
+    per_token = torch.max(unclipped, clipped)
+    if is_weights is not None:
+        per_token = per_token * is_weights
+    loss = aggregate(per_token, mask, aggregation, total)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
     return loss, clipfrac, approx_kl

@@ -282,6 +282,10 @@ class PPOTrainer:
         self.callback_handler = CallbackHandler(
             [DefaultFlowCallback, *get_reporting_integration_callbacks(args.report_to), *(callbacks or [])],
             model, tok, self.optimizer, self.scheduler)
+        self.engine, self._engine_stale = None, True  # vLLM sampler (use_vllm); stale until given the policy's weights
+        if args.use_vllm and (world > 1 or self.sharded):
+            raise ValueError("use_vllm: the colocated vLLM engine is wired for one process here; launch PPO in one "
+                             "process, or sample with transformers (generation.backend: transformers)")
         self.prompts_seen: list[int] = []  # dataset indices rolled out by this process, in order
         self._gathered = False
         self._permutations: dict[int, list[int]] = {}
@@ -371,12 +375,19 @@ class PPOTrainer:
         ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompt_ids], device=device)
         prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         policy = self.policy.eval()
-        with self.accelerator.autocast(), declared_decoding(policy, self.generation_config) as config:
-            out = policy.generate(input_ids=ids, attention_mask=prompt_mask, generation_config=config)
+        sampler_logprobs = None
+        if args.use_vllm:
+            sampled, sampler_logprobs = self._vllm_sample(prompt_ids)
+            out = torch.cat([ids, sampled], 1)
+        else:
+            with self.accelerator.autocast(), declared_decoding(policy, self.generation_config) as config:
+                out = policy.generate(input_ids=ids, attention_mask=prompt_mask, generation_config=config)
         mask = core.response_mask(out[:, width:], self.stop_ids)  # truncate after the first EOS
         responses = torch.where(mask.bool(), out[:, width:], tok.pad_token_id)
         batch = {"input_ids": torch.cat([ids, responses], 1), "attention_mask": torch.cat([prompt_mask, mask], 1),
                  "responses": responses, "mask": mask.float()}
+        if sampler_logprobs is not None:
+            batch["sampler_logprobs"] = torch.where(mask.bool(), sampler_logprobs, 0.0)
         n, parts = responses.size(1), {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
         if not with_values:
             del parts["values"], parts["entropy"]
@@ -402,6 +413,32 @@ class PPOTrainer:
         for key, chunks in parts.items():
             batch[key] = torch.cat(chunks) * batch["mask"]
         return batch
+
+    def _vllm_sample(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Responses (right-padded ids) and the engine's log-prob of each sampled token, from the colocated
+        engine holding the current policy (its weights copied in after every optimisation). The seed comes from
+        torch's generator, so evaluation, which re-seeds it, samples the same responses every time."""
+        from align.eval import sampling
+
+        args, device, pad = self.args, self.accelerator.device, self.tokenizer.pad_token_id
+        if self.engine is None:
+            longest = max(map(len, self.train_ids + self.eval_ids))
+            self.engine = sampling.engine_for(self.policy, max_model_len=longest + args.max_new_tokens,
+                                              seed=args.seed, where="use_vllm")
+            self._engine_stale = False
+        elif self._engine_stale:
+            self.engine.load(self.policy)
+            self._engine_stale = False
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        ids, logprobs = self.engine.sample(prompt_ids, max_new_tokens=args.max_new_tokens, stop=self.stop_ids,
+                                           temperature=args.temperature, seed=seed)
+        n = max(1, max(map(len, ids)))
+        tokens = torch.full((len(ids), n), pad, dtype=torch.long)
+        values = torch.full((len(ids), n), float("nan"))
+        for row, (t, lp) in enumerate(zip(ids, logprobs)):
+            tokens[row, :len(t)] = torch.tensor(t, dtype=torch.long)
+            values[row, :len(lp)] = torch.tensor(lp, dtype=torch.float)
+        return tokens.to(device), values.to(device)
 
     def score(self, rows: list, texts: list[str], columns: list[dict] | None = None,
               completion_ids: list[list[int]] | None = None) -> torch.Tensor:
@@ -443,6 +480,7 @@ class PPOTrainer:
         scores = core.shape_scores(raw_scores, has_eos, scale=args.reward_scale, shift=args.reward_shift,
                                    missing_eos_penalty=args.missing_eos_penalty, clip=args.reward_clip)
         mask, beta = batch["mask"], self.kl_ctl.value
+        sampling_stats = self._sampling_stats(batch) if "sampler_logprobs" in batch else {}
         rewards, non_score = core.per_token_rewards(scores, batch["logprobs"], batch["ref_logprobs"], mask, beta,
                                                     args.kl_estimator)
         if args.whiten_rewards:
@@ -469,10 +507,31 @@ class PPOTrainer:
             "kl_coef": beta,
             "lr": self.scheduler.get_last_lr()[0],
             "episode": (self.state.global_step + 1) * self.episodes_per_step,
+            **sampling_stats,
             "time/generation": generated - started,
             "time/scoring": scored - generated,
             "time/optimization": time.time() - scored,
         }
+
+    def _is_weights(self, batch: dict) -> torch.Tensor | None:
+        """TRL's truncated importance weights of the rollout's tokens (None without vLLM or with the correction off)."""
+        if "sampler_logprobs" not in batch or not self.args.vllm_importance_sampling_correction:
+            return None
+        return core.truncated_importance_weights(batch["logprobs"], batch["sampler_logprobs"], batch["mask"],
+                                                 self.args.vllm_importance_sampling_clip_max)
+
+    def _sampling_stats(self, batch: dict) -> dict:
+        """The sampler/trainer log-prob gap on the rollout's tokens, logged under TRL's names."""
+        real = batch["mask"].bool()
+        gap = (batch["logprobs"] - batch["sampler_logprobs"]).abs()[real]
+        gap = gap[~torch.isnan(gap)]
+        stats = {"sampling/sampling_logp_difference/mean": self._mean(gap) if gap.numel() else 0.0,
+                 "sampling/sampling_logp_difference/max": self.accelerator.reduce(
+                     (gap.max() if gap.numel() else torch.tensor(0.0, device=real.device)), reduction="max").item()}
+        weights = self._is_weights(batch)
+        if weights is not None:
+            stats["sampling/importance_sampling_ratio/mean"] = self._mean(weights[real])
+        return stats
 
     def optimise(self, batch: dict, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, list]:
         """``ppo_epochs`` passes of ``num_mini_batches`` AdamW steps, each accumulated over micro-batches.
@@ -487,6 +546,7 @@ class PPOTrainer:
         world = self.accelerator.num_processes
         stats = {name: [] for name in ("policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
                                        "val/clipfrac_avg", "val/ratio", "policy/grad_norm", "val/grad_norm")}
+        is_weights = self._is_weights(batch)
         policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         value_params = [p for p in self.value_model.parameters() if p.requires_grad]
         self.model.train()
@@ -507,7 +567,8 @@ class PPOTrainer:
                         new_logp = core.logprobs_from_logits(logits.float() / args.temperature, batch["responses"][idx])
                         old_logp, m = batch["logprobs"][idx], batch["mask"][idx]
                         pg_loss, pg_clipfrac, approx_kl = core.policy_loss(
-                            new_logp, old_logp, advantages[idx], m, args.cliprange, args.loss_aggregation, total)
+                            new_logp, old_logp, advantages[idx], m, args.cliprange, args.loss_aggregation, total,
+                            is_weights=None if is_weights is None else is_weights[idx])
                         vf_loss, vf_clipfrac = core.value_loss(values, batch["values"][idx], returns[idx], m,
                                                                args.cliprange_value, args.loss_aggregation, total)
                         self.accelerator.backward((pg_loss + args.vf_coef * vf_loss) * world)
@@ -527,6 +588,7 @@ class PPOTrainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
+        self._engine_stale = True  # the policy moved: the engine gets its weights before the next rollout
         return {name: values for name, values in stats.items() if values}
 
     @torch.no_grad()
@@ -688,6 +750,7 @@ class PPOTrainer:
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
         saved = torch.load(folder / PPO_STATE, weights_only=False)
         self.kl_ctl.load_state_dict(saved["kl_ctl"])
+        self._engine_stale = True  # the policy's weights were replaced
         rng = torch.load(folder / self._rng_file(), weights_only=False)
         self.prompts_seen = list(rng["prompts_seen"])
         random.setstate(rng["python"])

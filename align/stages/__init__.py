@@ -5,7 +5,8 @@ A stage module declares, at module level:
 - ``KEYS``: the spec keys it reads, each with a description; ``REQUIRED``: those it cannot do without;
 - ``DATASET_KEYS`` / ``JUDGE_KEYS``: keys naming datasets / judges; ``EXPECTED``: dataset formats per key;
 - ``TYPES``: keys it converts with int()/float()/bool()/str(), and to what; ``GENERATION_DEFAULTS`` for a
-  ``generation:`` mapping; ``CLASSIFIER`` when it trains a sequence classifier (LoRA only when given);
+  ``generation:`` mapping (a ``backend`` key there: the stage samples with ``transformers`` or ``vllm``,
+  ``align.eval.sampling``); ``CLASSIFIER`` when it trains a sequence classifier (LoRA only when given);
   ``CARD_TAGS``: tags its outputs' model cards carry beside ``align`` and the kind (``align.model_cards``);
 - ``config_class()``: the library config its ``args:`` fill (absent: it takes no args); ``ARG_DEFAULTS``: the
   model-size defaults align fills for its own micro models (a real checkpoint gets the config class's own);
@@ -82,6 +83,17 @@ class StageKind:
     def generation_defaults(self) -> dict | None:
         return self.declared("GENERATION_DEFAULTS")
 
+    def sampling_backend(self, spec: dict) -> str | None:
+        """The backend this stage samples with (``generation.backend``), or None for a kind that does not sample."""
+        from align.eval.sampling import backend_of
+
+        if "backend" not in (self.generation_defaults or {}):
+            return None
+        args = spec.get("args")
+        if isinstance(args, dict) and args.get("use_vllm") is True:  # the library's own switch (PPO, GRPO, RLOO)
+            return "vllm"
+        return backend_of(spec)
+
     @property
     def classifier(self) -> bool:
         return bool(self.declared("CLASSIFIER", False))
@@ -135,6 +147,10 @@ class StageKind:
                     if spec.get(key) is not None and not matches(spec[key], tp)]
         if self.generation_defaults is not None and "generation" in spec:
             problems += option_problems(spec["generation"], self.generation_defaults, f"{where}.generation")
+        if self.sampling_backend(spec) is not None:
+            from align.eval.sampling import backend_problems
+
+            problems += backend_problems(spec, where)
         if isinstance(spec.get("args"), dict) and self.config_class is not None:
             problems += field_problems(spec["args"], self.config_class(), f"{where}.args", unknown=False)
         problems += training_problems(spec, where, keys=self.keys, classifier=self.classifier)

@@ -29,7 +29,7 @@ KEYS = {
     "judges": "judge names; the first is the primary judge for win rates",
     "prompts": "held-out prompt-only dataset",
     "heldout": "held-out text for perplexity and bits per byte (optional)",
-    "generation": "decoding: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), greedy (false), batch_size (32)",
+    "generation": "decoding: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), greedy (false), batch_size (32); backend: transformers (default) or vllm",
     "limit": "evaluate on the first N prompts only",
     "n_bootstrap": "bootstrap resamples for win-rate intervals (default 2000)",
     "metrics": "extra `evaluate` modules applied to every policy's responses: a bundled name (distinct_n), a local "
@@ -48,7 +48,8 @@ KEYS = {
     "model_kwargs": training.MODEL_KEYS["model_kwargs"] + " (every policy)",
 }
 TYPES = {"limit": int, "n_bootstrap": int, "chat": bool, "reference": str, "length_anchors": bool}
-GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32}
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "greedy": False, "batch_size": 32,
+                       "backend": "transformers"}
 KL_ESTIMATOR = ("k1: mean over the policy's own samples of sum_t [log pi(a_t|s_t) - log pi_ref(a_t|s_t)] "
                 "(unbiased); kl_k3 is the lower-variance, always non-negative k3 estimator")
 
@@ -123,13 +124,14 @@ def length_anchor(ctx, model, tokenizer, rows, records, judge, generation, chat)
     """A second sample of the policy on every prompt, judged against its first: the same policy on both
     sides, so its true win rate at equal length is 0.5 and any pull of the outcome comes from length.
     These rows let the length-controlled win rate tell the judge's length preference from quality."""
-    from align.eval.generation import generate
+    from align.eval.sampling import sampler
 
+    generate, decoding = sampler(generation, f"stages.{ctx.name}")
     offset = 1_000_003  # other sampling seeds than the first sample's batches
 
     def second(batch_index: int, chunk: list) -> list[dict]:
         responses, sampled = generate(model, tokenizer, [row["prompt"] for row in chunk], seed=ctx.seed + offset + batch_index,
-                                      chat=chat, return_ids=True, options=[row_options(row) for row in chunk], **generation)
+                                      chat=chat, return_ids=True, options=[row_options(row) for row in chunk], **decoding)
         return [{"response": r, "tokens": len(ids[1])} for r, ids in zip(responses, sampled)]
 
     prompts = [row["prompt"] for row in rows]
@@ -150,10 +152,12 @@ def evaluate_policy(ctx, name, path, rows, judges, reference, generation, heldou
     Generation batches are spread over the processes, batch ``b`` sampled with seed ``seed + b``,
     so the records are the same whatever the number of processes."""
     from align.chat_templates import sampling_context
-    from align.eval.generation import generate, note_ignored_settings
+    from align.eval.generation import note_ignored_settings
     from align.eval.kl import kl_from_ids
+    from align.eval.sampling import sampler
     from align.models import load_causal_lm
 
+    generate, decoding = sampler(generation, f"stages.{ctx.name}")
     model, tokenizer = load_causal_lm(path, model_kwargs=training.model_kwargs(ctx)), load_policy_tokenizer(ctx, path)
     ref_model, ref_tokenizer = reference
     comparable = same_vocabulary(tokenizer, ref_tokenizer)
@@ -167,7 +171,7 @@ def evaluate_policy(ctx, name, path, rows, judges, reference, generation, heldou
     def measure(batch_index: int, rows: list) -> list[dict]:
         chunk = [row["prompt"] for row in rows]
         responses, sampled = generate(model, tokenizer, chunk, seed=ctx.seed + batch_index, chat=chat,
-                                      return_ids=True, options=[row_options(row) for row in rows], **generation)
+                                      return_ids=True, options=[row_options(row) for row in rows], **decoding)
         columns = {**columns_of(rows), "completion_ids": [ids for _, ids in sampled]}  # a ground truth, for a verifier
         scores = {judge_name: judge.score(chunk, responses, **columns) for judge_name, judge in judges.items()}
         kl = kl_from_ids(model, ref_model, sampled, pad_id=pad_id) if comparable else None

@@ -25,12 +25,18 @@ KEYS = {
     "merge": training.MERGE_KEY,
     "quantization": "4bit or 8bit: load the base with bitsandbytes and train LoRA on it (QLoRA); needs lora",
     **MODEL_KEYS,
+    "generation": "backend: transformers (default) or vllm (TRL's use_vllm with vllm_mode colocate: an engine in "
+                  "this process given the policy's weights every step); decoding itself is TRL's args "
+                  "(temperature, max_completion_length ...)",
 }
 # align's defaults for its own micro models (beta 0.05 holds the policy near the SFT model, as PPO's KL penalty
 # does); a real checkpoint gets GRPOConfig's / RLOOConfig's own (see training.filled_defaults)
 ARG_DEFAULTS = dict(learning_rate=5e-4, lr_scheduler_type="constant", per_device_train_batch_size=8, num_generations=4,
                     max_completion_length=48, temperature=1.0, beta=0.05, max_steps=20)
 TYPES = {"merge": bool}
+GENERATION_DEFAULTS = {"backend": "transformers"}
+# TRL's colocated vLLM (when generation.backend is vllm): no engine subprocess, a share of the GPU for the engine
+VLLM_ARGS = {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
 
 
 def config_class():
@@ -81,7 +87,18 @@ def sampling_kwargs(ctx, tokenizer, train) -> dict | None:
 def run_online(ctx, trainer_class, config, **defaults) -> dict:
     """Shared by grpo and rloo: same inputs, same judges-as-rewards, different TRL trainer."""
     from align.eval.generation import neutral_generation_config, note_ignored_settings
+    from align.eval.sampling import require_backend
 
+    ctx.options("generation", GENERATION_DEFAULTS)
+    import contextlib
+
+    engine_env = contextlib.nullcontext()
+    if require_backend(ctx.spec, f"stages.{ctx.name}") == "vllm" or (ctx.spec.get("args") or {}).get("use_vllm"):
+        from align.eval.sampling import launcher_env, prepare_colocated_engine
+
+        prepare_colocated_engine()  # on a CPU, TRL's load_weights needs vLLM's linear weights left unpacked
+        engine_env = launcher_env()  # TRL sets RANK/LOCAL_RANK/... for its engine: restored once it has started
+        defaults = {**VLLM_ARGS, **defaults}
     model, tokenizer = load_for_training(ctx)
     # TRL sets temperature/top_p/top_k/min_p/repetition_penalty; anything else the checkpoint ships (typical_p,
     # suppress_tokens, no_repeat_ngram_size ...) would still apply while sampling: only the recipe's settings count
@@ -95,9 +112,10 @@ def run_online(ctx, trainer_class, config, **defaults) -> dict:
     if args.beta == 0:
         print(f"{ctx.name}: beta is 0, so nothing keeps the policy near the SFT model (no KL term).")
     try:
-        trainer = trainer_class(model=model, reward_funcs=reward_functions(ctx), args=args, train_dataset=train,
-                                processing_class=tokenizer,
-                                peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
+        with engine_env:
+            trainer = trainer_class(model=model, reward_funcs=reward_functions(ctx), args=args, train_dataset=train,
+                                    processing_class=tokenizer,
+                                    peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")))
     except ValueError as e:  # batch/generation sizes that do not divide, mostly
         raise AlignError(f"{ctx.where('args')}: {trainer_class.__name__} rejected the settings: {e}") from None
     fp32_adapters_without_autocast(trainer.model, args)

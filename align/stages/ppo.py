@@ -41,8 +41,11 @@ KEYS = {
                             "the model's tokenizer was saved with); a dataset's own override them row by row",
     "dtype": "policy weights while training: float32 (default, master weights), bfloat16, float16 or auto",
     "model_kwargs": training.MODEL_KEYS["model_kwargs"] + " (policy, reward and value models)",
+    "generation": "backend: transformers (default) or vllm (a colocated engine given the policy's weights every "
+                  "iteration; sets args.use_vllm); decoding itself is args.max_new_tokens and args.temperature",
 }
 TYPES = {"chat": bool, "merge": bool}
+GENERATION_DEFAULTS = {"backend": "transformers"}
 # align's defaults for its own micro models; a real checkpoint gets PPOConfig's own (see training.filled_defaults)
 ARG_DEFAULTS = dict(logging_steps=1, save_steps=20)
 
@@ -77,6 +80,10 @@ def run(ctx) -> dict:
         raise AlignError(f"stages.{ctx.name}: {e}") from None
     for problem in check(ctx.spec, f"stages.{ctx.name}"):
         raise AlignError(problem)
+    from align.eval.sampling import require_backend
+
+    ctx.options("generation", GENERATION_DEFAULTS)
+    vllm = {"use_vllm": True} if require_backend(ctx.spec, f"stages.{ctx.name}") == "vllm" else {}
     model, tokenizer = load_for_training(ctx, "policy")
     chat = bool(ctx.spec.get("chat", True))
     if chat:
@@ -89,17 +96,22 @@ def run(ctx) -> dict:
     reward_model, reward_tokenizer = load_sequence_classifier(ctx.spec["reward"], field=ctx.where("reward"),
                                                               model_kwargs=options) \
         if "reward" in ctx.spec else (None, None)
-    args = ctx.config(config_class(), ARG_DEFAULTS)
+    args = ctx.config(config_class(), ARG_DEFAULTS, **vllm)
     value_model = None  # a 4/8-bit policy cannot seed the value model: take the full-precision weights instead
     if is_quantized(model) and (reward_model is None or args.value_model_init == "policy"):
         value_model = load_sequence_classifier(ctx.spec["policy"], field=ctx.where("policy"), model_kwargs=options)[0]
-    trainer = PPOTrainer(model=model, reward_model=reward_model, value_model=value_model,
-                         reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
-                         processing_class=tokenizer, reward_processing_class=reward_tokenizer, chat=chat,
-                         args=args, train_dataset=train, eval_dataset=evals,
-                         peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")),
-                         value_peft_config=lora_config(ctx.spec["value_lora"], ctx.where("value_lora"), task_type="SEQ_CLS")
-                         if ctx.spec.get("value_lora") else None)
+    try:
+        trainer = PPOTrainer(model=model, reward_model=reward_model, value_model=value_model,
+                             reward_funcs=reward_functions(ctx) if "rewards" in ctx.spec else None,
+                             processing_class=tokenizer, reward_processing_class=reward_tokenizer, chat=chat,
+                             args=args, train_dataset=train, eval_dataset=evals,
+                             peft_config=lora_config(ctx.spec.get("lora"), ctx.where("lora")),
+                             value_peft_config=lora_config(ctx.spec["value_lora"], ctx.where("value_lora"), task_type="SEQ_CLS")
+                             if ctx.spec.get("value_lora") else None)
+    except ValueError as e:  # the colocated engine's limits (one process), named by the recipe field
+        if "use_vllm" not in str(e):
+            raise
+        raise AlignError(f"{ctx.where('generation.backend')}: {e}") from None
     trainer.train(resume_from_checkpoint=ctx.resume_checkpoint(trainer))
     history = trainer.state.log_history
     train_logs = [h for h in history if "objective/scores" in h]

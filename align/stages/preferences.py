@@ -24,7 +24,8 @@ KEYS = {
     "judge": "name of a recipe judge that scores each response",
     "samples_per_prompt": "K responses sampled per prompt (default 4); the best and worst form the pair",
     "min_score_gap": "least score difference for a pair to be kept (default 0: any strict difference)",
-    "generation": "decoding settings: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), batch_size (32)",
+    "generation": "decoding settings: max_new_tokens (64), temperature (1.0), top_p (1.0), top_k (0), batch_size (32); "
+                  "backend: transformers (default) or vllm",
     "limit": "use only the first N prompts",
     "chat": "render prompts with the policy's chat template (default true); false continues them as raw text",
     "context_check": "warn (default), error or off: whether this stage samples after the context SFT trains in",
@@ -35,7 +36,8 @@ KEYS = {
     "model_kwargs": training.MODEL_KEYS["model_kwargs"],
 }
 TYPES = {"samples_per_prompt": int, "min_score_gap": float, "limit": int, "chat": bool}
-GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32}
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": 32,
+                       "backend": "transformers"}
 
 # what align validate says of its model: the context check
 model_findings = training.model_findings
@@ -90,7 +92,8 @@ def run(ctx) -> dict:
 
     from align.data import write_data_card
     from align.chat_templates import prepare_chat_template, row_options
-    from align.eval.generation import generate, note_ignored_settings
+    from align.eval.generation import note_ignored_settings
+    from align.eval.sampling import sampler
     from align.eval.judge_factory import build_judge
     from align.functions import columns_of
     from align.models import load_causal_lm, load_tokenizer
@@ -99,6 +102,7 @@ def run(ctx) -> dict:
     if k < 2:
         raise AlignError(f"{ctx.where('samples_per_prompt')}: need at least 2 samples per prompt to form a pair, got {k}.")
     gen = ctx.options("generation", GENERATION_DEFAULTS)
+    generate, decoding = sampler(gen, f"stages.{ctx.name}")
     ds = ctx.dataset("dataset", expected=EXPECTED["dataset"])
     if ctx.spec.get("limit"):
         ds = ds.select(range(min(int(ctx.spec["limit"]), len(ds))))
@@ -117,7 +121,7 @@ def run(ctx) -> dict:
     def sample(batch_index: int, chunk: list[dict]) -> list[tuple[list[str], list[float]]]:
         repeated = [row for row in chunk for _ in range(k)]
         texts = generate(model, tokenizer, [row["prompt"] for row in repeated], seed=ctx.seed + batch_index, chat=chat,
-                         options=[row_options(row) for row in repeated], **gen)
+                         options=[row_options(row) for row in repeated], **decoding)
         values = judge.score([row["prompt"] for row in repeated], texts, **columns_of(repeated))  # e.g. an answer
         return [(texts[j * k:(j + 1) * k], values[j * k:(j + 1) * k]) for j in range(len(chunk))]
 

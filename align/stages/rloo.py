@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from align.stages.grpo import ARG_DEFAULTS, DATASET_KEYS, EXPECTED, JUDGE_KEYS, KEYS, REQUIRED, TYPES, run_online  # noqa: F401
+from align.stages.grpo import (ARG_DEFAULTS, DATASET_KEYS, EXPECTED, GENERATION_DEFAULTS, JUDGE_KEYS, KEYS,  # noqa: F401
+                               REQUIRED, TYPES, run_online)
 
 
 CARD_TAGS = ("trl", "rloo")  # model card tags beside align and the kind

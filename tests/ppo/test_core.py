@@ -180,6 +180,24 @@ def test_policy_loss_gradient_vanishes_where_clipped():
     assert new.grad.tolist() == pytest.approx([0.0, 0.75])
 
 
+def test_truncated_importance_weights_by_hand():
+    # train log-probs minus sampler log-probs: log 2, log 0.5, log 5 (capped at 3), padding, a NaN sampler value
+    train = T([math.log(2.0), math.log(0.5), math.log(5.0), 9.0, -1.0])
+    sampler = T([0.0, 0.0, 0.0, 0.0, float("nan")])
+    mask = T([1.0, 1.0, 1.0, 0.0, 1.0])
+    w = core.truncated_importance_weights(train, sampler, mask, clip_max=3.0)
+    # exp(diff) = 2, 0.5, min(5, 3) = 3; padding -> exp(0) = 1; unknown sampler log-prob -> 1 (no correction)
+    assert w.tolist() == pytest.approx([2.0, 0.5, 3.0, 1.0, 1.0])
+    assert core.truncated_importance_weights(train[:3], sampler[:3], mask[:3], None).tolist() == pytest.approx([2.0, 0.5, 5.0])
+
+
+def test_policy_loss_weighted_by_importance_weights():
+    # ratio 1 everywhere (new == old), so each token's loss is -A_t; weights 2 and 0.5 scale them
+    loss, _, _ = core.policy_loss(T([0.0, 0.0]), T([0.0, 0.0]), T([1.0, 3.0]), T([1.0, 1.0]), 0.2,
+                                  is_weights=T([2.0, 0.5]))
+    assert loss.item() == pytest.approx((-1.0 * 2.0 + -3.0 * 0.5) / 2)
+
+
 def test_value_loss_clipping():
     old, returns, mask = T([1.0, 1.0, 1.0, 1.0]), T([2.0, 2.0, 0.0, 0.0]), T([1.0, 1.0, 1.0, 0.0])
     new = T([1.5, 0.9, 1.1, 7.0])

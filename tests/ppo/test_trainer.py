@@ -166,9 +166,9 @@ def test_rollout_logprobs_are_the_sampling_distribution_and_values_sit_where_act
     calls = []
     original = core.policy_loss
 
-    def recording_policy_loss(new_logp, old_logp, *args):
+    def recording_policy_loss(new_logp, old_logp, *args, **kwargs):
         calls.append((new_logp.detach(), old_logp))
-        return original(new_logp, old_logp, *args)
+        return original(new_logp, old_logp, *args, **kwargs)
 
     monkeypatch.setattr(core, "policy_loss", recording_policy_loss)
     t.iteration()
