@@ -47,7 +47,7 @@ $(VLLM_VENV)/.vllm-installed: pyproject.toml
 vllm-env: $(VLLM_VENV)/.vllm-installed
 
 test-vllm: vllm-env
-	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/vllm
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/vllm_backend
 
 # GPU acceptance check (benchmarks/README.md): `make gpu-wheels` here downloads what a GPU machine without network
 # lacks into benchmarks/wheels (git-ignored; carry it); `make gpu-check` there installs them and runs every check.
