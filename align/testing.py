@@ -700,3 +700,18 @@ def length_judge(prompts: list, responses: list[str]) -> list[float]:
     """A judge for random-init replicas, whose text no real judge can tell apart: longer is better, so
     preference pairs, rewards and win rates exist and differ."""
     return [float(len(response.split())) for response in responses]
+
+
+def ultrafeedback_rows(n: int) -> list[dict]:
+    """Preference rows in trl-lib/ultrafeedback_binarized's shape (a string prompt, chosen/rejected as whole
+    conversations, scores) made from the builtin reviews: a row's own review beats the next row's."""
+    from align.data import load_dataset
+
+    rows = load_dataset({"builtin": "reviews", "split": "sft", "limit": n + 1}, name="chat")
+    out = []
+    for i in range(n):
+        user = rows[i]["messages"][0]
+        out.append({"prompt": user["content"], "score_chosen": 8.0, "score_rejected": 3.0,
+                    "chosen": [user, rows[i]["messages"][1]],
+                    "rejected": [user, {"role": "assistant", "content": rows[i + 1]["messages"][1]["content"]}]})
+    return out

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from align.preemption import Preempted
+from align.testing import ultrafeedback_rows
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 450  # checks not started by then are skipped: the whole script must stay under 8 minutes
@@ -235,19 +236,6 @@ def stage_numbers(results: dict, audit: Audit, prefix: str = "") -> dict:
 def off_device(audit: Audit, prefix: str, expected: str) -> list[dict]:
     return [row for row in audit.table() if row["stage"].startswith(prefix) and row["device"] != expected]
 
-
-def ultrafeedback_rows(n: int) -> list[dict]:
-    """trl-lib/ultrafeedback_binarized's shape from the builtin reviews (as tests/integration/test_hub_recipe.py)."""
-    from align.data import load_dataset
-
-    rows = load_dataset({"builtin": "reviews", "split": "sft", "limit": n + 1}, name="chat")
-    out = []
-    for i in range(n):
-        user = rows[i]["messages"][0]
-        out.append({"prompt": user["content"], "score_chosen": 8.0, "score_rejected": 3.0,
-                    "chosen": [user, rows[i]["messages"][1]],
-                    "rejected": [user, {"role": "assistant", "content": rows[i + 1]["messages"][1]["content"]}]})
-    return out
 
 
 def hub_overrides(work: Path, replicas: dict) -> list[str]:

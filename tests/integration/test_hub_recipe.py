@@ -10,23 +10,11 @@ from pathlib import Path
 import pytest
 
 from align.cli import main
+from align.testing import ultrafeedback_rows
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
-
-def ultrafeedback_rows(n: int) -> list[dict]:
-    """trl-lib/ultrafeedback_binarized's shape: a string prompt, chosen/rejected as whole conversations."""
-    from align.data import load_dataset
-
-    rows = load_dataset({"builtin": "reviews", "split": "sft", "limit": n + 1}, name="chat")
-    out = []
-    for i in range(n):
-        user = rows[i]["messages"][0]
-        out.append({"prompt": user["content"], "score_chosen": 8.0, "score_rejected": 3.0,
-                    "chosen": [user, rows[i]["messages"][1]],
-                    "rejected": [user, {"role": "assistant", "content": rows[i + 1]["messages"][1]["content"]}]})
-    return out
 
 
 def test_hub_recipe_on_replicas(hub_replica, tmp_path, monkeypatch):
