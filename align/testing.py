@@ -715,3 +715,14 @@ def ultrafeedback_rows(n: int) -> list[dict]:
                     "chosen": [user, rows[i]["messages"][1]],
                     "rejected": [user, {"role": "assistant", "content": rows[i + 1]["messages"][1]["content"]}]})
     return out
+
+
+def cpu_ranks_env(**extra: str) -> dict[str, str]:
+    """The environment for launching CPU (gloo) ranks in a subprocess, also on a machine with a GPU.
+
+    With CUDA visible, accelerate's ``wait_for_everyone`` passes ``device_ids=[local rank]`` to the gloo barrier
+    and torch places it on ``cuda:<rank>``: on a one-GPU machine rank 1 dies there (seen on an H200). Hiding the
+    GPUs makes the ranks what they claim to be."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", **extra}

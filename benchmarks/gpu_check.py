@@ -108,7 +108,7 @@ class Audit:
                 self.inner_autocast = None
             self.depth += 1
 
-    def post(self, module, args, kwargs, output):
+    def post(self, module, args, kwargs, output=None):  # no output: the forward raised (always_call)
         if not isinstance(module, self.model_class):
             return
         self.depth -= 1

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 SAMPLING = ("preferences", "ppo", "eval")
 
 
@@ -57,10 +59,12 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     wall = {"transformers": run(args.recipe, base, [])}
     shutil.copytree(base, fast)
-    for stage in ("preferences", "reward", "ppo", "dpo", "eval", "report"):
+    for stage in ("preferences", "reward", "ppo", "dpo", "eval", "export", "report"):
         shutil.rmtree(fast / stage, ignore_errors=True)
     wall["vllm"] = run(args.recipe, fast, [a for s in SAMPLING for a in ("--set", f"stages.{s}.generation.backend=vllm")])
     t, v = stage_seconds(base), stage_seconds(fast)
+    order = list(yaml.safe_load(Path(args.recipe).read_text())["stages"])
+    t = {stage: t[stage] for stage in sorted(t, key=order.index)}
     lines = ["| stage | transformers (s) | vllm (s) |", "|---|---:|---:|"]
     for stage in t:
         lines.append(f"| {stage}{'' if stage in SAMPLING else ' (no sampling)'} | {t[stage]:.0f} | "

@@ -60,7 +60,8 @@ def reward_dir(tiny_model_dir, tmp_path_factory):
 def test_the_device_is_accelerates():
     from accelerate import PartialState
 
-    assert align.models.inference_device() == PartialState().device == torch.device("cpu")  # no GPU here
+    expected = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    assert align.models.inference_device() == PartialState().device == expected
 
 
 def test_frozen_models_land_on_the_accelerator(accelerator, tiny_model_dir, adapter_dir, reward_dir):

@@ -15,6 +15,7 @@ from align.errors import AlignError
 from align.eval.generation import generate
 from align.launch import TP_SIZE_VARIABLE, tensor_parallel_size
 from align.models import load_causal_lm, load_tokenizer
+from align.testing import cpu_ranks_env
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -62,8 +63,7 @@ def single_process(monkeypatch):
 
 @pytest.mark.skipif(not (BIN / "torchrun").exists(), reason="torchrun is not installed next to python")
 def test_two_ranks_match_one_process(tmp_path, peaked_model_dir, tiny_adapter_dir, single_process):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", TP_SIZE_VARIABLE: "2",
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = cpu_ranks_env(**{TP_SIZE_VARIABLE: "2"}, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
                            str(HERE / "tp_worker.py"), str(peaked_model_dir), str(tiny_adapter_dir), str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=180)
@@ -106,8 +106,8 @@ def test_evaluate_stage_under_the_tensor_parallel_config_matches_one_process(tmp
     run = tmp_path / "run"
     shutil.copytree(one, run)
     repo = HERE.parents[1]
-    env = {**{k: v for k, v in os.environ.items() if k != TP_SIZE_VARIABLE}, "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in cpu_ranks_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}").items()
+           if k != TP_SIZE_VARIABLE}
     with socket.socket() as free:  # not the default 29500, which another launch on this machine may hold
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]

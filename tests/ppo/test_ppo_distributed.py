@@ -2,13 +2,13 @@
 global mean KL, both ranks end with the same weights, and a killed two-process run resumes exactly."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from align.testing import cpu_ranks_env
 from tests.ppo.workers import CAT_REWARD_AND_KILL
 
 SCRIPT = textwrap.dedent('''
@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent('''
 def launch(tmp_path, model_dir, out, mode):
     script = tmp_path / "run_ppo.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = cpu_ranks_env()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
                            str(model_dir), str(out), mode], capture_output=True, text=True, env=env, timeout=300)
     if mode != "kill":  # a killed job may exit non-zero (gloo threads die with it), as a real kill would

@@ -6,13 +6,13 @@ rank; (2) make the same first update as the unsharded two-rank (DDP) run, which 
 (3) resume after a kill to the weights of the uninterrupted run; (4) save ordinary model folders."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from align.testing import cpu_ranks_env
 from tests.ppo.workers import CAT_REWARD_AND_KILL
 
 SCRIPT = textwrap.dedent('''
@@ -55,7 +55,7 @@ FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_A
 def launch(tmp_path, model_dir, out, mode, steps, sharded=True):
     script = tmp_path / "run_ppo.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(FSDP2_ENV if sharded else {})}
+    env = cpu_ranks_env(**(FSDP2_ENV if sharded else {}))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
                            str(model_dir), str(out), mode, str(steps)], capture_output=True, text=True, env=env,
                           timeout=300)
