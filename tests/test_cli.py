@@ -127,3 +127,30 @@ def test_validate_prints_nothing_from_the_libraries():
     assert done.stderr == ""
     assert all(line.startswith((str(recipe), "  ", "checked:", "not checked:", "validated in"))
                for line in done.stdout.splitlines()), done.stdout
+
+
+def test_reward_stage_with_too_few_pairs_names_the_dataset(tmp_path, capsys, tiny_model_dir):
+    """One pair cannot be split into training and held-out pairs: a clear error, not datasets' ValueError."""
+    pairs = jsonl(tmp_path / "pairs.jsonl", [{"prompt": "the cat", "chosen": " sat", "rejected": " ran"}])
+    recipe = tmp_path / "reward.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "few", "output_dir": str(tmp_path / "run"), "datasets": {"prefs": {"path": pairs}},
+        "stages": {"reward": {"kind": "reward", "model": str(tiny_model_dir), "dataset": "prefs"}}}))
+    code, err = run_cli(["run", str(recipe)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "stages.reward.dataset: 1 preference pair(s)" in err and "eval_dataset" in err
+
+
+def test_held_out_pairs_keeps_at_least_one_on_each_side():
+    from datasets import Dataset
+
+    from align.errors import AlignError
+    from align.stages.reward import held_out_pairs
+
+    pairs = Dataset.from_dict({"chosen": [str(i) for i in range(10)], "rejected": ["x"] * 10})
+    train, held = held_out_pairs(pairs, 0.1, 0, where="stages.reward")
+    assert (len(train), len(held)) == (9, 1)
+    assert [len(s) for s in held_out_pairs(pairs.select(range(2)), 0.1, 0, where="stages.reward")] == [1, 1]
+    for fraction, n, message in [(1.5, 10, "stages.reward.eval_fraction"), (0.5, 1, "leaves none to train on")]:
+        with pytest.raises(AlignError, match=message):
+            held_out_pairs(pairs.select(range(n)), fraction, 0, where="stages.reward")

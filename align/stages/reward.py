@@ -6,6 +6,7 @@ pairs where chosen outscores rejected) and the mean reward margin.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 from align.errors import AlignError
@@ -44,6 +45,21 @@ def config_class():
     return RewardConfig
 
 
+def held_out_pairs(pairs, fraction: float, seed: int, *, where: str):
+    """(train, held out): ``fraction`` of the pairs, at least one, held out to measure accuracy, and at least one
+    left to train on; otherwise an error naming the fields (datasets' own message names neither)."""
+    held = math.ceil(fraction * len(pairs))
+    if not 0 < fraction < 1:
+        raise AlignError(f"{where}.eval_fraction: expected a share between 0 and 1 (exclusive), got {fraction}.")
+    if len(pairs) - held < 1:
+        raise AlignError(f"{where}.dataset: {len(pairs)} preference pair(s); holding out eval_fraction={fraction} of "
+                         f"them (at least one) to measure accuracy leaves none to train on. Give the stage more pairs "
+                         f"(a larger limit, or more prompts on the preferences stage that makes them), or an "
+                         f"eval_dataset.")
+    split = pairs.train_test_split(test_size=held, seed=seed)
+    return split["train"], split["test"]
+
+
 def run(ctx) -> dict:
     from trl import RewardTrainer
 
@@ -54,8 +70,8 @@ def run(ctx) -> dict:
         evals = with_template_kwargs(ctx.dataset("eval_dataset", expected=PREFERENCE_FORMATS, tokenizer=tokenizer),
                                      tokenizer)
     else:
-        split = train.train_test_split(test_size=float(ctx.spec.get("eval_fraction", 0.1)), seed=ctx.seed)
-        train, evals = split["train"], split["test"]
+        train, evals = held_out_pairs(train, float(ctx.spec.get("eval_fraction", 0.1)), ctx.seed,
+                                      where=f"stages.{ctx.name}")
     args = ctx.config(config_class(), ARG_DEFAULTS, eval_strategy="epoch")
     peft = lora_config(ctx.spec["lora"], ctx.where("lora")) if ctx.spec.get("lora") else None
     if peft is not None:
