@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from align.recipe import load_recipe
 
 SAMPLING = ("preferences", "ppo", "eval")
 
@@ -63,7 +63,7 @@ def main() -> None:
         shutil.rmtree(fast / stage, ignore_errors=True)
     wall["vllm"] = run(args.recipe, fast, [a for s in SAMPLING for a in ("--set", f"stages.{s}.generation.backend=vllm")])
     t, v = stage_seconds(base), stage_seconds(fast)
-    order = list(yaml.safe_load(Path(args.recipe).read_text())["stages"])
+    order = list(load_recipe(args.recipe).stages)
     t = {stage: t[stage] for stage in sorted(t, key=order.index)}
     lines = ["| stage | transformers (s) | vllm (s) |", "|---|---:|---:|"]
     for stage in t:
