@@ -208,6 +208,20 @@ def placement(device, kwargs: dict, *, training: bool) -> torch.device | None:
     return inference_device() if device == "auto" else torch.device(device)
 
 
+def load_options(model_kwargs: dict | None, *, field: str, dtype=None, training: bool = False, device="auto",
+                 **extra) -> tuple[dict, torch.device | None]:
+    """``from_pretrained``'s keywords for one load, and where the loaded model goes: the caller's ``extra``
+    (``device_map``, ``quantization_config``, ...), the recipe's ``model_kwargs`` (``loading_kwargs``), the dtype
+    (``dtype``, else ``model_kwargs.dtype``, else ``resolve_dtype``'s default for the target) and ``placement``'s
+    device. ``load_causal_lm``, ``load_sequence_classifier`` and the reward-model judge take theirs from here, so
+    dtype and placement follow one rule."""
+    options = {**extra, **loading_kwargs(model_kwargs, field=field)}
+    target = placement(device, options, training=training)
+    chosen = dtype if dtype is not None else (model_kwargs or {}).get("dtype")
+    options["dtype"] = resolve_dtype(chosen, training=training, field=field, device=target)
+    return options, target
+
+
 def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model",
                    tensor_parallel: bool | None = None, dtype=None, training: bool = False, device="auto",
                    model_kwargs: dict | None = None, **kwargs):
@@ -227,12 +241,10 @@ def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model"
     ``model_kwargs`` are the recipe's model options (``MODEL_KWARGS``, checked by ``model_kwargs_problems``).
     """
     path = resolve_model_path(path, field=field)
-    kwargs.update(loading_kwargs(model_kwargs, field=field))
-    dtype = dtype if dtype is not None else (model_kwargs or {}).get("dtype")
     if tensor_parallel is None:
         tensor_parallel = tensor_parallel_size() > 1 and "distributed_config" not in kwargs
-    target = None if tensor_parallel else placement(device, kwargs, training=training)
-    kwargs["dtype"] = resolve_dtype(dtype, training=training, field=field, device=target)
+    kwargs, target = load_options(model_kwargs, field=field, dtype=dtype, training=training,
+                                  device=None if tensor_parallel else device, **kwargs)
     if tensor_parallel:
         return load_tensor_parallel(path, merge=merge, field=field, **kwargs)
     if is_adapter(path):
@@ -392,17 +404,14 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
 
     path = resolve_model_path(path, field=field)
     tokenizer = load_tokenizer(path, field=field, model_kwargs=model_kwargs)
-    target = placement(device, {}, training=training)
-    dtype = resolve_dtype(dtype if dtype is not None else (model_kwargs or {}).get("dtype"), training=training,
-                          field=field, device=target)
-    options = loading_kwargs(model_kwargs, field=field)
+    options, target = load_options(model_kwargs, field=field, dtype=dtype, training=training, device=device)
     config = AutoConfig.from_pretrained(base_model_path(path), **config_kwargs(options))
     sequence_classifier_class(config)
     if not is_adapter(path) and "ForSequenceClassification" in str(config.architectures):
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **options)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **options)
     else:
         # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
-        lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=dtype,  # copied into an unsharded
+        lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=options["dtype"],  # copied into an unsharded
                             device=None, model_kwargs=model_kwargs)              # classifier, on the CPU
         lm.config.num_labels = num_labels
         model = sequence_classifier_class(lm.config)._from_config(lm.config, dtype=lm.dtype)

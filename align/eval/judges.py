@@ -139,17 +139,13 @@ def load_reward_model(path, name: str, device_map=None, model_kwargs: dict | Non
     ``model_kwargs`` are the judge's model options (``align.models.MODEL_KWARGS``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from align.models import (config_kwargs, is_adapter, load_tokenizer, loading_kwargs, placement,
-                              register_sequence_classifier, resolve_dtype, resolve_model_path)
+    from align.models import (config_kwargs, is_adapter, load_options, load_tokenizer, register_sequence_classifier,
+                              resolve_model_path)
 
     field = f"judges.{name}.reward_model"
     path = resolve_model_path(path, field=field)
-    options = loading_kwargs(model_kwargs, field=field)
-    if device_map is not None:
-        options["device_map"] = device_map
-    target = placement("auto", options, training=False)
-    options["dtype"] = resolve_dtype((model_kwargs or {}).get("dtype"), field=f"judges.{name}.model_kwargs.dtype",
-                                     device=target)
+    options, target = load_options(model_kwargs, field=field,
+                                   **({"device_map": device_map} if device_map is not None else {}))
     register_sequence_classifier(path, **config_kwargs(options))  # a family without a classifier: align's scalar head
     if is_adapter(path):
         from peft import AutoPeftModelForSequenceClassification

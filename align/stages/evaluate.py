@@ -11,6 +11,7 @@ pairwise win-rate matrix. Writes ``metrics.json`` and ``samples.jsonl``.
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from align.errors import AlignError, suggest
 from align.chat_templates import row_options
 from align.functions import columns_of
 from align.stages import training
+
+log = logging.getLogger("align")
 
 REQUIRED = ("policies", "prompts", "judges")
 DATASET_KEYS = ("prompts", "heldout")
@@ -103,10 +106,21 @@ def load_policy_tokenizer(ctx, path):
     from align.models import load_tokenizer
 
     tokenizer = load_tokenizer(path, model_kwargs=training.model_kwargs(ctx))
-    if ctx.spec.get("chat", True):
+    if ctx.spec.get("chat", True):  # the context check runs once per policy, in evaluate_policy (sampling_context)
         prepare_chat_template(tokenizer, ctx.spec.get("chat_template"), where=ctx.where("chat_template"),
-                              context_check=ctx.spec.get("context_check"), kwargs=ctx.spec.get("chat_template_kwargs"))
+                              context_check="off", kwargs=ctx.spec.get("chat_template_kwargs"))
     return tokenizer
+
+
+def context_verdict(ctx, name: str, context: dict) -> None:
+    """The context check of one policy, from the problems ``sampling_context`` found: ``context_check: error``
+    stops before sampling, ``warn`` (the default) names the policy, ``off`` says nothing."""
+    mode = ctx.spec.get("context_check") or "warn"
+    for problem in context["problems"] if mode != "off" else []:
+        if mode == "error":
+            raise AlignError(f"{ctx.where('policies')}.{name}: {problem}")
+        if ctx.is_main_process:
+            log.warning("%s.%s: %s", ctx.where("policies"), name, problem)
 
 
 def same_vocabulary(a, b) -> bool:
@@ -164,6 +178,7 @@ def evaluate_policy(ctx, name, path, rows, judges, reference, generation, heldou
     extra = {"kl_note": None if comparable else "undefined: this policy's tokenizer differs from the reference's"}
     chat = bool(ctx.spec.get("chat", True))
     extra["context"] = sampling_context(tokenizer, chat)
+    context_verdict(ctx, name, extra["context"])
     if ctx.is_main_process:
         note_ignored_settings(model, f"{ctx.where('policies')}.{name}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -298,6 +313,11 @@ def run(ctx) -> dict:
         extra, by_policy[name] = evaluate_policy(ctx, name, path, rows, judges, reference, generation, heldout,
                                                  modules, judges[primary] if anchors else None)
         results[name] = {"path": str(path), "kind": policy_kind(path), **extra}
+    checked = [r["context"] for r in results.values() if r["context"]["generation_prompt"] is not None]
+    if ctx.is_main_process and checked and not any(c["problems"] for c in checked) \
+            and (ctx.spec.get("context_check") or "warn") != "off":
+        log.info("%s: one context: every policy is sampled after exactly the tokens its replies were trained after",
+                 f"stages.{ctx.name}")
     records = [r for i in range(len(prompts)) for r in (by_policy[name][i] for name in policies)]
 
     n_bootstrap = int(ctx.spec.get("n_bootstrap", 2000))

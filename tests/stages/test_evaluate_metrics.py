@@ -73,3 +73,28 @@ def test_distinct_n_by_hand():
 
     # "a good lamp" / "a good phone": unigrams a,good,lamp,a,good,phone -> 4 unique of 6; bigrams 3 unique of 4
     assert distinct(["a good lamp", "A good phone"], 2) == {"distinct_1": 4 / 6, "distinct_2": 3 / 4, "mean_words": 3.0}
+
+
+def test_context_check_names_the_policy_and_stops_when_asked(caplog):
+    """Each policy's context problems (found once, by sampling_context) are said under its name."""
+    import logging
+    from types import SimpleNamespace
+
+    from align.errors import AlignError
+    from align.stages.evaluate import context_verdict
+
+    context = {"generation_prompt": "<think>\n", "source": "template", "problems": ["sampled after an open <think>"]}
+
+    def ctx(mode):
+        return SimpleNamespace(spec={"context_check": mode} if mode else {}, is_main_process=True,
+                               where=lambda key: f"stages.eval.{key}")
+
+    with caplog.at_level(logging.INFO, logger="align"):
+        context_verdict(ctx(None), "dpo", context)
+    assert [r.getMessage() for r in caplog.records] == ["stages.eval.policies.dpo: sampled after an open <think>"]
+    with pytest.raises(AlignError, match=r"stages\.eval\.policies\.dpo: sampled after an open <think>"):
+        context_verdict(ctx("error"), "dpo", context)
+    caplog.clear()
+    context_verdict(ctx("off"), "dpo", context)
+    context_verdict(ctx(None), "sft", {**context, "problems": []})
+    assert caplog.records == []
