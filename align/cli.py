@@ -89,7 +89,7 @@ def cmd_generate(args) -> int:
     for prompt, response in zip(args.prompt, generate_chat(
             args.stage_dir, args.prompt, max_new_tokens=args.max_new_tokens, greedy=args.greedy,
             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, chat=not args.raw,
-            chat_template=args.chat_template)):
+            chat_template=args.chat_template, model_kwargs={"trust_remote_code": args.trust_remote_code})):
         print(f"### prompt\n{prompt}\n### response\n{response}\n")
     return 0
 
@@ -106,11 +106,16 @@ def cmd_export(args) -> int:
     from align.export import export_stage
 
     result = export_stage(args.stage_dir, args.out, merge=args.merge, dtype=args.dtype, push_to_hub=args.push_to_hub,
-                          base_model=args.base_model, private=args.private or None)
+                          base_model=args.base_model, private=args.private or None,
+                          model_kwargs={"trust_remote_code": args.trust_remote_code})
     print(f"align: {args.stage_dir} exported to {result['export_dir']} ({', '.join(result['files'])})")
     if result.get("pushed_to"):
         print(f"align: pushed to {result['pushed_to']}")
     return 0
+
+
+TRUST_HELP = ("run the Python code a model folder ships (auto_map in its config): only for a model whose code you trust; "
+              "a recipe stage says it with model_kwargs: {trust_remote_code: true}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-template", help="a template TRL ships (e.g. qwen2_5), default, or a .jinja file "
                                            "(default: the model's own; align's default if it has none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     p = sub.add_parser("compare", help="merge several runs' evaluations into one reward-vs-KL frontier",
                        parents=[common])
     p.add_argument("run_dirs", nargs="+", help="run folders (each holding a finished evaluate stage)")
@@ -161,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", metavar="ID", help="without --merge: the Hub id of the adapter's base when the "
                                                        "stage recorded a local folder")
     p.add_argument("--private", action="store_true", help="create the Hub repository private")
+    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     return parser
 
 

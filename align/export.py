@@ -72,8 +72,10 @@ def stage_info(stage_dir: Path, folder: Path) -> dict:
 
 
 def export_stage(stage_dir, out, *, merge: bool = False, dtype=None, push_to_hub: str | None = None,
-                 base_model: str | None = None, private: bool | None = None, token: str | None = None) -> dict:
-    """Write the stage's model to ``out`` (see the module docstring); returns what was written (and pushed)."""
+                 base_model: str | None = None, private: bool | None = None, token: str | None = None,
+                 model_kwargs: dict | None = None) -> dict:
+    """Write the stage's model to ``out`` (see the module docstring); returns what was written (and pushed).
+    ``model_kwargs``: how to load it (``trust_remote_code`` for a model that ships its own code)."""
     from align.model_cards import LINEAGE, hub_id_of, render
     from align.models import is_adapter, model_folder
 
@@ -104,7 +106,7 @@ def export_stage(stage_dir, out, *, merge: bool = False, dtype=None, push_to_hub
                  f"id{'' if hub_base == base else f' instead of the local path {base}'})."]
         info = {**info, "adapter_base": hub_base, "base_model": info.get("base_model") or hub_base}
     else:
-        model, tokenizer = export_full(folder, out, dtype)
+        model, tokenizer = export_full(folder, out, dtype, model_kwargs)
         notes = [f"Plain model in {dtype}" + (" (the LoRA adapter merged into its full-precision base)" if adapter
                                              else "") + "; no peft needed."]
         info = {**info, "merged": True}
@@ -112,7 +114,8 @@ def export_stage(stage_dir, out, *, merge: bool = False, dtype=None, push_to_hub
 
     if not info.get("classifier"):
         if model is None:  # an adapter: its stop ids come from the base it was trained on
-            model, tokenizer = load_causal_lm(folder, device=None), load_tokenizer(folder)  # read, never run
+            model = load_causal_lm(folder, device=None, field="export", model_kwargs=model_kwargs)  # read, never run
+            tokenizer = load_tokenizer(folder, field="export", model_kwargs=model_kwargs)
         generation_config(model, tokenizer, decoding).save_pretrained(out)
     said = ", ".join(f"{k}={v}" for k, v in (decoding or {}).items() if k not in ("note", "batch_size"))
     if info.get("classifier"):
@@ -134,30 +137,34 @@ def export_stage(stage_dir, out, *, merge: bool = False, dtype=None, push_to_hub
     return result
 
 
-def export_full(folder: Path, out: Path, dtype: str):
+def export_full(folder: Path, out: Path, dtype: str, model_kwargs: dict | None = None):
     """The model (an adapter merged into its base) in ``dtype``, with the config its checkpoint shipped."""
     import torch
 
-    from align.models import is_adapter, load_causal_lm, restore_shipped_config
+    from align.models import config_kwargs, is_adapter, load_causal_lm, loading_kwargs, remote_code_refused
+    from align.models import restore_shipped_config
 
     from transformers import AutoTokenizer
 
+    trust = config_kwargs(loading_kwargs(model_kwargs, field="export"))
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     if "ForSequenceClassification" in str(config.get("architectures")):  # a reward model: its head, not an LM's
         from transformers import AutoModelForSequenceClassification
 
         from align.models import register_sequence_classifier
 
-        register_sequence_classifier(folder)
-        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+        with remote_code_refused("export", folder):
+            register_sequence_classifier(folder, **trust)
+            model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32, **trust)
     else:
-        model = load_causal_lm(folder, field="export", training=True, tensor_parallel=False)
+        model = load_causal_lm(folder, field="export", training=True, tensor_parallel=False, model_kwargs=model_kwargs)
     if is_adapter(folder):
         restore_shipped_config(model, folder)
     model.to(getattr(torch, dtype))
     model.config.dtype = getattr(torch, dtype)
     model.save_pretrained(out)
-    tokenizer = AutoTokenizer.from_pretrained(folder)  # as the stage saved it: chat template, no pad added
+    with remote_code_refused("export", folder):
+        tokenizer = AutoTokenizer.from_pretrained(folder, **trust)  # as the stage saved it: chat template, no pad added
     tokenizer.save_pretrained(out)
     return model, tokenizer
 

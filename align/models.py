@@ -7,6 +7,7 @@ accept both, so a later stage never needs to know how an earlier one was trained
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -165,18 +166,36 @@ def model_kwargs_problems(value, where: str) -> list[str]:
 
 def loading_kwargs(model_kwargs: dict | None, *, field: str = "model") -> dict:
     """The ``from_pretrained`` keywords of a checked ``model_kwargs:`` (its dtype is the caller's: see
-    ``resolve_dtype``). Running a repository's own code is said every time a model is loaded with it."""
-    options = {k: v for k, v in (model_kwargs or {}).items() if k in ("attn_implementation", "trust_remote_code",
-                                                                      "revision")}
-    if options.get("trust_remote_code"):
+    ``resolve_dtype``). ``trust_remote_code`` is always given, False unless asked: left unset, transformers asks on
+    the terminal and waits (a stuck run); False refuses at once, and ``remote_code_refused`` says how to allow it.
+    Running a repository's own code is said every time a model is loaded with it."""
+    options = {k: v for k, v in (model_kwargs or {}).items() if k in ("attn_implementation", "revision")}
+    options["trust_remote_code"] = bool((model_kwargs or {}).get("trust_remote_code"))
+    if options["trust_remote_code"]:
         log.warning("%s: trust_remote_code is on: loading runs the Python code the model's repository ships", field)
     return options
 
 
+@contextlib.contextmanager
+def remote_code_refused(field: str, path):
+    """transformers' refusal to run a checkpoint's own code (``auto_map`` in its config) as an error that names the
+    field and says how to allow it."""
+    try:
+        yield
+    except ValueError as e:
+        if "trust_remote_code=True" not in str(e):
+            raise
+        raise AlignError(f"{field}: {path} ships its own model code (auto_map in its config), which runs when it "
+                         f"loads; align does not run it unless told to. If you trust that code: "
+                         f"`model_kwargs: {{trust_remote_code: true}}` on the stage or judge, or --trust-remote-code "
+                         f"on align generate / align export.") from None
+
+
 def load_tokenizer(path: str | Path, *, field: str = "model", model_kwargs: dict | None = None):
     options = {k: v for k, v in loading_kwargs(model_kwargs, field=field).items() if k != "attn_implementation"}
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path, field=field, files=("tokenizer_config.json",)),
-                                              **options)
+    path = resolve_model_path(path, field=field, files=("tokenizer_config.json",))
+    with remote_code_refused(field, path):
+        tokenizer = AutoTokenizer.from_pretrained(path, **options)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -247,13 +266,14 @@ def load_causal_lm(path: str | Path, *, merge: bool = True, field: str = "model"
                                   device=None if tensor_parallel else device, **kwargs)
     if tensor_parallel:
         return load_tensor_parallel(path, merge=merge, field=field, **kwargs)
-    if is_adapter(path):
-        from peft import AutoPeftModelForCausalLM
+    with remote_code_refused(field, path):
+        if is_adapter(path):
+            from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
-        model = model.merge_and_unload() if merge else model
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+            model = model.merge_and_unload() if merge else model
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model if target is None else model.to(target)
 
 
@@ -405,10 +425,12 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
     path = resolve_model_path(path, field=field)
     tokenizer = load_tokenizer(path, field=field, model_kwargs=model_kwargs)
     options, target = load_options(model_kwargs, field=field, dtype=dtype, training=training, device=device)
-    config = AutoConfig.from_pretrained(base_model_path(path), **config_kwargs(options))
+    with remote_code_refused(field, path):
+        config = AutoConfig.from_pretrained(base_model_path(path), **config_kwargs(options))
     sequence_classifier_class(config)
     if not is_adapter(path) and "ForSequenceClassification" in str(config.architectures):
-        model = AutoModelForSequenceClassification.from_pretrained(path, **options)
+        with remote_code_refused(field, path):
+            model = AutoModelForSequenceClassification.from_pretrained(path, **options)
     else:
         # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
         lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=options["dtype"],  # copied into an unsharded

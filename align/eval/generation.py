@@ -179,15 +179,16 @@ def generate(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, greed
     return (texts, list(zip(encoded, ids))) if return_ids else texts
 
 
-def generate_chat(model_or_path, prompts, *, tokenizer=None, **kwargs) -> list[str]:
-    """``generate`` for a model folder (a stage output, LoRA merged) or a loaded model; used by ``align generate``."""
+def generate_chat(model_or_path, prompts, *, tokenizer=None, model_kwargs: dict | None = None, **kwargs) -> list[str]:
+    """``generate`` for a model folder (a stage output, LoRA merged) or a loaded model; used by ``align generate``.
+    ``model_kwargs``: how to load the folder (``align.models.MODEL_KWARGS``)."""
     from align.models import load_causal_lm, load_tokenizer
 
     from align.chat_templates import prepare_chat_template
 
     if isinstance(model_or_path, (str, Path)):
-        model = load_causal_lm(model_or_path, field="stage_dir")
-        tokenizer = tokenizer or load_tokenizer(model_or_path, field="stage_dir")
+        model = load_causal_lm(model_or_path, field="stage_dir", model_kwargs=model_kwargs)
+        tokenizer = tokenizer or load_tokenizer(model_or_path, field="stage_dir", model_kwargs=model_kwargs)
     else:
         model = model_or_path
         tokenizer = tokenizer or load_tokenizer(model.name_or_path)

@@ -140,25 +140,26 @@ def load_reward_model(path, name: str, device_map=None, model_kwargs: dict | Non
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from align.models import (config_kwargs, is_adapter, load_options, load_tokenizer, register_sequence_classifier,
-                              resolve_model_path)
+                              remote_code_refused, resolve_model_path)
 
     field = f"judges.{name}.reward_model"
     path = resolve_model_path(path, field=field)
     options, target = load_options(model_kwargs, field=field,
                                    **({"device_map": device_map} if device_map is not None else {}))
-    register_sequence_classifier(path, **config_kwargs(options))  # a family without a classifier: align's scalar head
-    if is_adapter(path):
-        from peft import AutoPeftModelForSequenceClassification
+    with remote_code_refused(field, path):
+        register_sequence_classifier(path, **config_kwargs(options))  # a family without one: align's scalar head
+        if is_adapter(path):
+            from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path, **options).merge_and_unload()
-    else:
-        architectures = AutoConfig.from_pretrained(path, **config_kwargs(options)).architectures or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise AlignError(f"judges.{name}.reward_model: {path} is not a reward model (architectures: "
-                             f"{', '.join(architectures) or 'unknown'}); loading it as one would give a random score "
-                             f"head. Point it at a reward stage's output, or use {{llm: {path}}} to ask a language "
-                             f"model which response is better.")
-        model = AutoModelForSequenceClassification.from_pretrained(path, **options)
+            model = AutoPeftModelForSequenceClassification.from_pretrained(path, **options).merge_and_unload()
+        else:
+            architectures = AutoConfig.from_pretrained(path, **config_kwargs(options)).architectures or []
+            if not any(a.endswith("ForSequenceClassification") for a in architectures):
+                raise AlignError(f"judges.{name}.reward_model: {path} is not a reward model (architectures: "
+                                 f"{', '.join(architectures) or 'unknown'}); loading it as one would give a random "
+                                 f"score head. Point it at a reward stage's output, or use {{llm: {path}}} to ask a "
+                                 f"language model which response is better.")
+            model = AutoModelForSequenceClassification.from_pretrained(path, **options)
     return (model if target is None else model.to(target)), load_tokenizer(path, field=field, model_kwargs=model_kwargs)
 
 
