@@ -427,17 +427,16 @@ def load_sequence_classifier(path: str | Path, *, field: str = "model", num_labe
     options, target = load_options(model_kwargs, field=field, dtype=dtype, training=training, device=device)
     with remote_code_refused(field, path):
         config = AutoConfig.from_pretrained(base_model_path(path), **config_kwargs(options))
-    sequence_classifier_class(config)
-    if not is_adapter(path) and "ForSequenceClassification" in str(config.architectures):
-        with remote_code_refused(field, path):
+        sequence_classifier_class(config)
+        if not is_adapter(path) and "ForSequenceClassification" in str(config.architectures):
             model = AutoModelForSequenceClassification.from_pretrained(path, **options)
-    else:
-        # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
-        lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=options["dtype"],  # copied into an unsharded
-                            device=None, model_kwargs=model_kwargs)              # classifier, on the CPU
-        lm.config.num_labels = num_labels
-        model = sequence_classifier_class(lm.config)._from_config(lm.config, dtype=lm.dtype)
-        model.base_model.load_state_dict(lm.base_model.state_dict())
+        else:
+            # Built in memory, not through a temporary save: under several processes only rank 0 writes files.
+            lm = load_causal_lm(path, field=field, tensor_parallel=False, dtype=options["dtype"],  # copied into an
+                                device=None, model_kwargs=model_kwargs)          # unsharded classifier, on the CPU
+            lm.config.num_labels = num_labels
+            model = sequence_classifier_class(lm.config)._from_config(lm.config, dtype=lm.dtype)
+            model.base_model.load_state_dict(lm.base_model.state_dict())
     model.config.pad_token_id = tokenizer.pad_token_id
     return (model if target is None else model.to(target)), tokenizer
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from importlib import resources
@@ -723,6 +724,4 @@ def cpu_ranks_env(**extra: str) -> dict[str, str]:
     With CUDA visible, accelerate's ``wait_for_everyone`` passes ``device_ids=[local rank]`` to the gloo barrier
     and torch places it on ``cuda:<rank>``: on a one-GPU machine rank 1 dies there (seen on an H200). Hiding the
     GPUs makes the ranks what they claim to be."""
-    import os
-
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", **extra}

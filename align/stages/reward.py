@@ -48,9 +48,9 @@ def config_class():
 def held_out_pairs(pairs, fraction: float, seed: int, *, where: str):
     """(train, held out): ``fraction`` of the pairs, at least one, held out to measure accuracy, and at least one
     left to train on; otherwise an error naming the fields (datasets' own message names neither)."""
-    held = math.ceil(fraction * len(pairs))
     if not 0 < fraction < 1:
         raise AlignError(f"{where}.eval_fraction: expected a share between 0 and 1 (exclusive), got {fraction}.")
+    held = math.ceil(fraction * len(pairs))
     if len(pairs) - held < 1:
         raise AlignError(f"{where}.dataset: {len(pairs)} preference pair(s); holding out eval_fraction={fraction} of "
                          f"them (at least one) to measure accuracy leaves none to train on. Give the stage more pairs "
